@@ -1,0 +1,146 @@
+import math
+
+import pytest
+import torch
+
+from vq.codebook import KMeans, assign, load_codec, save_codec
+
+faiss = pytest.importorskip("faiss")
+
+
+def _mixture(n=6000, d=8, centers=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(centers, d, generator=g) * 4
+    lab = torch.randint(centers, (n,), generator=g)
+    return mu[lab] + torch.randn(n, d, generator=g) * torch.rand(d, generator=g)
+
+
+def _mse(x, c):
+    return ((x[:, None] - c[None]) ** 2).sum(-1).min(1).values.mean().item()
+
+
+@pytest.mark.parametrize("n,d,k", [(5000, 4, 64), (3000, 16, 100), (777, 3, 17)])
+def test_assign_matches_brute_force_and_faiss(n, d, k):
+    g = torch.Generator().manual_seed(n)
+    x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    idx, dist = assign(x, c, chunk_bytes=4096)  # tiny chunks exercise the loop
+    ref = ((x.double()[:, None] - c.double()[None]) ** 2).sum(-1)
+    best = ref.min(1).values
+    # exact up to float32 ties: the chosen centroid is optimal within rounding
+    assert torch.allclose(ref.gather(1, idx[:, None])[:, 0], best, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(dist.double(), best, rtol=1e-4, atol=1e-4)
+    index = faiss.IndexFlatL2(d)
+    index.add(c.numpy())
+    _, fi = index.search(x.numpy(), 1)
+    assert (idx.numpy() == fi[:, 0]).mean() > 0.999
+
+
+def test_assign_per_coordinate_weights_brute_force():
+    g = torch.Generator().manual_seed(1)
+    x, c, w = torch.randn(500, 6, generator=g), torch.randn(33, 6, generator=g), torch.rand(500, 6, generator=g)
+    idx, dist = assign(x, c, weights=w)
+    ref = (w.double()[:, None] * (x.double()[:, None] - c.double()[None]) ** 2).sum(-1)
+    assert torch.allclose(ref.gather(1, idx[:, None])[:, 0], ref.min(1).values, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(dist.double(), ref.min(1).values, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_kmeans_mse_within_one_percent_of_faiss(backend):
+    x = _mixture()
+    k = 64
+    ours = KMeans(k, niter=20, backend=backend, init="k-means++", seed=0).fit(x)
+    theirs = faiss.Kmeans(x.shape[1], k, niter=20, seed=0, max_points_per_centroid=10**6)
+    theirs.train(x.numpy())
+    ours_mse, faiss_mse = _mse(x, ours.centroids), _mse(x, torch.from_numpy(theirs.centroids))
+    assert ours_mse <= faiss_mse * 1.01
+    assert math.isclose(ours.inertia / len(x), ours_mse, rel_tol=1e-4)
+
+
+def test_lloyd_objective_monotone_and_seeded_determinism():
+    x = _mixture(seed=3)
+    a = KMeans(32, niter=15, backend="torch", seed=7).fit(x)
+    b = KMeans(32, niter=15, backend="torch", seed=7).fit(x)
+    assert torch.equal(a.centroids, b.centroids)
+    h = a.history + [a.inertia]
+    assert all(h[i + 1] <= h[i] * (1 + 1e-6) for i in range(len(h) - 1))
+
+
+@pytest.mark.parametrize("kind", ["rows", "coords"])
+def test_weighted_kmeans_beats_unweighted_on_weighted_objective(kind):
+    x = _mixture(n=4000, d=4, centers=60, seed=5)
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(len(x), generator=g) ** 4 if kind == "rows" else torch.rand(len(x), 4, generator=g) ** 4
+    wf = w[:, None].expand_as(x) if kind == "rows" else w
+
+    def weighted_obj(c):
+        return (wf[:, None] * (x[:, None] - c[None]) ** 2).sum(-1).min(1).values.sum().item()
+
+    plain = KMeans(16, niter=25, backend="torch", seed=0).fit(x)
+    weighted = KMeans(16, niter=25, backend="torch", seed=0).fit(x, weights=w)
+    assert weighted_obj(weighted.centroids) < weighted_obj(plain.centroids)
+    if kind == "rows":  # faiss takes per-sample weights too
+        fw = KMeans(16, niter=25, backend="faiss", seed=0).fit(x, weights=w)
+        assert weighted_obj(fw.centroids) < weighted_obj(plain.centroids)
+
+
+def test_empty_clusters_are_repaired():
+    # 3 distinct points repeated; k = 3 with random init on duplicates would leave empties
+    x = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]).repeat(50, 1)
+    km = KMeans(3, niter=10, init="random", backend="torch", seed=1).fit(x)
+    assert km.inertia == pytest.approx(0.0, abs=1e-6)
+
+
+def test_encode_decode_and_save_load_roundtrip(tmp_path):
+    x = _mixture(n=2000)
+    km = KMeans(32, niter=5, seed=0).fit(x)
+    codes = km.encode(x)
+    assert codes.shape == (2000, 1) and codes.dtype == torch.int64
+    assert torch.equal(km.decode(codes), km.centroids[codes[:, 0]])
+    save_codec(km, tmp_path / "km.safetensors")
+    back = load_codec(tmp_path / "km.safetensors")
+    assert torch.equal(back.centroids, km.centroids) and back.config() == km.config()
+    assert torch.equal(back.encode(x), codes)
+
+
+def test_chunked_memory_bound_any_n():
+    # n * k * 4 bytes would be 400 MB unchunked; a 1 MiB budget must give identical codes
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(100_000, 4, generator=g), torch.randn(1000, 4, generator=g)
+    a, _ = assign(x[:5000], c, chunk_bytes=2**20)
+    b, _ = assign(x[:5000], c, chunk_bytes=2**26)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: KMeans(10).fit(torch.randn(5, 2)), "larger than the number of vectors"),
+        (lambda: KMeans(2).fit(torch.tensor([[0.0, float("nan")], [1.0, 1.0], [2.0, 2.0]])), "NaN or Inf"),
+        (lambda: KMeans(2).fit(torch.tensor([[0.0, float("inf")], [1.0, 1.0], [2.0, 2.0]])), "NaN or Inf"),
+        (lambda: KMeans(2).fit(torch.randn(10)), r"shape \(n, d\)"),
+        (lambda: KMeans(2).fit(torch.empty(0, 3)), "empty"),
+        (lambda: KMeans(2).fit(torch.randn(10, 3), weights=torch.ones(9)), "weights must have shape"),
+        (lambda: KMeans(2).fit(torch.randn(10, 3), weights=-torch.ones(10)), "non-negative"),
+        (lambda: KMeans(0), "positive int"),
+        (lambda: KMeans(2, init="bogus"), "init must be"),
+        (lambda: KMeans(2, backend="bogus"), "backend must be"),
+        (lambda: KMeans(2, backend="faiss").fit(torch.randn(10, 3), weights=torch.ones(10, 3)), "per-sample"),
+    ],
+)
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bad_types_and_codes():
+    km = KMeans(4, niter=2).fit(torch.randn(50, 3))
+    with pytest.raises(TypeError, match="floating-point"):
+        km.encode(torch.ones(5, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="dimension 2, expected 3"):
+        km.encode(torch.randn(5, 2))
+    with pytest.raises(ValueError, match="out of range"):
+        km.decode(torch.tensor([[4]]))
+    with pytest.raises(TypeError, match="integer"):
+        km.decode(torch.tensor([[1.0]]))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        KMeans(4).encode(torch.randn(5, 3))

@@ -1,0 +1,321 @@
+"""k-means: the codebook learner under every family, and the standalone nearest-centroid search.
+
+Objective (Lloyd 1982), with optional importance weights ``w``::
+
+    min_C  sum_i sum_j w_ij (x_ij - C[a_i]_j)^2,     a_i = argmin_c sum_j w_ij (x_ij - c_j)^2
+
+``w`` is per-sample ``(n,)`` (every coordinate of row i weighs ``w_i``) or per-coordinate
+``(n, d)`` (how Hessian diagonals enter weight compression). With per-coordinate weights the
+assignment uses the weighted distance and the update is the per-coordinate weighted mean,
+which is the exact minimiser of the objective for fixed assignments.
+
+Backends: ``faiss`` (CPU or GPU build, unweighted or per-sample weights) and ``torch`` (any
+device, all weightings). ``auto`` picks faiss when it is installed, the data is on the CPU and
+the weights are not per-coordinate; torch otherwise. Distances are computed in chunks whose
+``rows x k`` block stays under ``chunk_bytes``, so memory is bounded for any ``n``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+
+__all__ = ["KMeans", "assign", "kmeans_plusplus"]
+
+log = logging.getLogger(__name__)
+
+#: distance block budget: rows_per_chunk * k * 4 bytes. 8 MiB keeps the (rows, k) block in
+#: the L2/L3 cache; measured by bench/kmeans.py against 32 and 128 MiB blocks (see docs/results.md).
+DEFAULT_CHUNK_BYTES = 8 * 2**20
+_INITS = ("k-means++", "random")
+_BACKENDS = ("auto", "faiss", "torch")
+
+
+def _faiss():
+    try:
+        import faiss  # noqa: PLC0415 — optional dependency
+    except ImportError:
+        return None
+    return faiss
+
+
+def _rows_per_chunk(k: int, width: int, chunk_bytes: int) -> int:
+    return max(1, chunk_bytes // (4 * max(k, width)))
+
+
+def _distance_block(xb: Tensor, wb: Tensor | None, c: Tensor, c_sq: Tensor) -> Tensor:
+    """Squared (weighted) distances without the per-row constant: (rows, k).
+
+    Unweighted:        ||c||^2 - 2 x.c                      (add ||x||^2 for the true value)
+    Per-coordinate w:  w.(c*c) - 2 (w*x).c                  (add sum w x^2)
+    """
+    if wb is None:
+        return torch.addmm(c_sq, xb, c.T, beta=1.0, alpha=-2.0)
+    # one matmul of inner size 2d: [w*x, w] @ [-2c, c^2]^T
+    lhs = torch.cat([wb * xb, wb], dim=1)  # (rows, 2d)
+    rhs = torch.cat([-2.0 * c, c * c], dim=1)  # (k, 2d)
+    return lhs @ rhs.T
+
+
+def _row_constant(xb: Tensor, wb: Tensor | None) -> Tensor:
+    return (xb * xb).sum(1) if wb is None else (wb * xb * xb).sum(1)
+
+
+@torch.no_grad()
+def assign(
+    x: Tensor,
+    centroids: Tensor,
+    weights: Tensor | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of each row of ``x`` by (weighted) squared L2.
+
+    Args:
+        x: (n, d) float.
+        centroids: (k, d) float, same device.
+        weights: None, (n,) per-sample (does not change the argmin; scales ``dist``) or (n, d)
+            per-coordinate importance.
+        chunk_bytes: budget for the (rows, k) float32 distance block.
+
+    Returns:
+        ``(idx, dist)``: (n,) int64 nearest index and (n,) float32 (weighted) squared distance.
+    """
+    x = check_vectors(x)
+    c = check_vectors(centroids, dim=x.shape[1], name="centroids").to(x.device)
+    w = check_weights(weights, x) if weights is not None else None
+    x32 = x.float()
+    c32 = c.float()
+    w_rows = w if (w is not None and w.dim() == 1) else None
+    w_coord = w.float() if (w is not None and w.dim() == 2) else None
+    n, k = x.shape[0], c.shape[0]
+    c_sq = (c32 * c32).sum(1)
+    idx = torch.empty(n, dtype=torch.int64, device=x.device)
+    dist = torch.empty(n, dtype=torch.float32, device=x.device)
+    step = _rows_per_chunk(k, x.shape[1], chunk_bytes)
+    for s in range(0, n, step):
+        xb = x32[s : s + step]
+        wb = None if w_coord is None else w_coord[s : s + step]
+        block = _distance_block(xb, wb, c32, c_sq)  # (rows, k)
+        best, arg = block.min(dim=1)
+        idx[s : s + step] = arg
+        dist[s : s + step] = (best + _row_constant(xb, wb)).clamp_min_(0.0)
+    if w_rows is not None:
+        dist *= w_rows.float()
+    return idx, dist
+
+
+def kmeans_plusplus(
+    x: Tensor, k: int, weights: Tensor | None = None, generator: torch.Generator | None = None
+) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): D^2 sampling, weighted by importance.
+
+    x: (n, d) float32; weights None / (n,) / (n, d). Returns (k, d) float32 distinct rows of x.
+    """
+    n, _ = x.shape
+    w_rows = None if weights is None else (weights if weights.dim() == 1 else weights.mean(1))
+    w_coord = weights if (weights is not None and weights.dim() == 2) else None
+
+    def sample(p: Tensor) -> int:  # one index with probability proportional to p (any n)
+        cdf = p.double().cumsum(0).cpu()
+        total = float(cdf[-1])
+        if total <= 0.0 or not math.isfinite(total):  # fewer distinct points than k
+            return int(torch.randint(n, (1,), generator=generator))
+        u = torch.rand(1, generator=generator, dtype=torch.float64) * total
+        return min(int(torch.searchsorted(cdf, u)), n - 1)
+
+    first = sample(torch.ones(n, device=x.device) if w_rows is None else w_rows)
+    centers = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
+    centers[0] = x[first]
+
+    def d2(c: Tensor) -> Tensor:  # (n,) distance of every row to one centre
+        diff = x - c
+        return (diff * diff * w_coord).sum(1) if w_coord is not None else (diff * diff).sum(1)
+
+    closest = d2(centers[0])
+    for j in range(1, k):
+        centers[j] = x[sample(closest if w_coord is not None or w_rows is None else closest * w_rows)]
+        closest = torch.minimum(closest, d2(centers[j]))
+    return centers
+
+
+@register_codec
+class KMeans(Codec):
+    """k-means codebook: ``KMeans(k, niter=20, init="k-means++", backend="auto", seed=0).fit(x)``.
+
+    After ``fit``: ``centroids`` (k, d) float32, ``inertia`` (the weighted objective at the final
+    centroids and assignments), ``history`` (objective after each iteration, torch backend).
+    ``encode`` returns (n, 1) int64 codes, ``decode`` maps them back to (n, d).
+    """
+
+    def __init__(
+        self,
+        k: int,
+        niter: int = 20,
+        init: str = "k-means++",
+        backend: str = "auto",
+        seed: int = 0,
+        max_points_per_centroid: int | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        dim: int | None = None,
+    ):
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if not isinstance(niter, int) or niter < 0:
+            raise ValueError(f"niter must be a non-negative int, got {niter!r}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if backend == "faiss" and _faiss() is None:
+            raise ValueError("backend='faiss' requested but faiss is not installed (pip install faiss-cpu)")
+        if max_points_per_centroid is not None and max_points_per_centroid < 1:
+            raise ValueError(f"max_points_per_centroid must be >= 1 or None, got {max_points_per_centroid}")
+        self.k, self.niter, self.init, self.backend, self.seed = k, niter, init, backend, seed
+        self.max_points_per_centroid = max_points_per_centroid
+        self.chunk_bytes = chunk_bytes
+        self.dim = dim  # type: ignore[assignment]
+        self.centroids: Tensor | None = None
+        self.inertia: float = math.nan
+        self.history: list[float] = []
+
+    # -- protocol ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "k": self.k, "niter": self.niter, "init": self.init, "backend": self.backend,
+            "seed": self.seed, "max_points_per_centroid": self.max_points_per_centroid,
+            "chunk_bytes": self.chunk_bytes, "dim": self.dim,
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._require_fitted()
+        return {"centroids": self.centroids}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> "KMeans":
+        if set(state) != {"centroids"}:
+            raise ValueError(f"KMeans state must hold exactly 'centroids', got {sorted(state)}")
+        c = state["centroids"]
+        if c.dim() != 2 or c.shape[0] != self.k or (self.dim is not None and c.shape[1] != self.dim):
+            raise ValueError(f"centroids shape {tuple(c.shape)} does not match k={self.k}, dim={self.dim}")
+        self.centroids = c.clone()
+        self.dim = c.shape[1]
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.centroids is not None
+
+    def bits_per_vector(self) -> float:
+        return math.log2(self.k)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(n, d) -> (n, 1) int64 nearest-centroid codes."""
+        self._require_fitted()
+        x = check_vectors(x, dim=self.dim)
+        idx, _ = assign(x, self.centroids.to(x.device), chunk_bytes=self.chunk_bytes)
+        return idx[:, None]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """(n, 1) int64 -> (n, d) float32."""
+        self._require_fitted()
+        codes = check_codes(codes, 1, self.k)
+        return self.centroids.to(codes.device)[codes[:, 0]]
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, x: Tensor, weights: Tensor | None = None) -> "KMeans":
+        """Fit on x (n, d) float with optional weights (n,) or (n, d) >= 0. Returns self."""
+        x = check_vectors(x, dim=self.dim)
+        w = check_weights(weights, x)
+        n, d = x.shape
+        if self.k > n:
+            raise ValueError(f"k={self.k} is larger than the number of vectors n={n}")
+        self.dim = d
+        gen = torch.Generator().manual_seed(self.seed)
+        x = x.float()
+        w = None if w is None else w.float()
+        if self.max_points_per_centroid is not None and n > self.k * self.max_points_per_centroid:
+            keep = torch.randperm(n, generator=gen)[: self.k * self.max_points_per_centroid].to(x.device)
+            x, w = x[keep], (None if w is None else w[keep])
+        backend = self._pick_backend(x, w)
+        if backend == "faiss":
+            self._fit_faiss(x, w, gen)
+        else:
+            self._fit_torch(x, w, gen)
+        return self
+
+    def _pick_backend(self, x: Tensor, w: Tensor | None) -> str:
+        per_coord = w is not None and w.dim() == 2
+        if self.backend == "faiss":
+            if per_coord:
+                raise ValueError("the faiss backend supports per-sample (n,) weights only; use backend='torch' "
+                                 "or 'auto' for per-coordinate (n, d) weights")
+            if x.device.type != "cpu":
+                raise ValueError("backend='faiss' takes CPU tensors; use backend='torch' on GPU tensors")
+            return "faiss"
+        if self.backend == "torch" or per_coord or x.device.type != "cpu" or _faiss() is None:
+            return "torch"
+        return "faiss"
+
+    def _init_centroids(self, x: Tensor, w: Tensor | None, gen: torch.Generator) -> Tensor:
+        if self.init == "random":
+            return x[torch.randperm(x.shape[0], generator=gen)[: self.k].to(x.device)].clone()
+        return kmeans_plusplus(x, self.k, w, gen)
+
+    def _fit_torch(self, x: Tensor, w: Tensor | None, gen: torch.Generator) -> None:
+        c = self._init_centroids(x, w, gen)
+        w_rows = w if (w is not None and w.dim() == 1) else None
+        w_coord = w if (w is not None and w.dim() == 2) else None
+        self.history = []
+        for it in range(self.niter):
+            idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+            self.history.append(float(dist.double().sum()))
+            c = self._update(x, idx, dist, w_rows, w_coord, c, gen)
+        idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+        self.inertia = float(dist.double().sum())
+        self.centroids = c
+        log.debug("kmeans(k=%d, n=%d, d=%d) torch: inertia %.6g", self.k, x.shape[0], x.shape[1], self.inertia)
+
+    def _update(
+        self, x: Tensor, idx: Tensor, dist: Tensor, w_rows: Tensor | None, w_coord: Tensor | None,
+        old: Tensor, gen: torch.Generator,
+    ) -> Tensor:
+        """Lloyd update: (weighted) mean per cluster; empty clusters re-seeded at the worst-fit points."""
+        k, d = old.shape
+        if w_coord is not None:
+            num = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord * x)
+            den = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord)
+        else:
+            wr = torch.ones(x.shape[0], device=x.device) if w_rows is None else w_rows
+            num = torch.zeros(k, d, device=x.device).index_add_(0, idx, x * wr[:, None])
+            den = torch.zeros(k, device=x.device).index_add_(0, idx, wr)[:, None].expand(k, d)
+        c = torch.where(den > 0, num / den.clamp_min(1e-30), old)
+        empty = torch.nonzero((den > 0).sum(1) == 0).flatten()
+        if empty.numel():
+            # re-seed each empty centroid on a distinct point that is currently worst represented
+            order = torch.argsort(dist, descending=True)
+            c[empty] = x[order[: empty.numel()]]
+            log.debug("kmeans: re-seeded %d empty clusters", empty.numel())
+        return c
+
+    def _fit_faiss(self, x: Tensor, w: Tensor | None, gen: torch.Generator) -> None:
+        faiss = _faiss()
+        n, d = x.shape
+        xn = x.contiguous().numpy()
+        km = faiss.Kmeans(
+            d, self.k, niter=self.niter, seed=self.seed, verbose=False,
+            max_points_per_centroid=max(1, -(-n // self.k)), min_points_per_centroid=1,
+        )
+        init = None
+        if self.init == "k-means++":
+            init = kmeans_plusplus(x, self.k, w, gen).numpy()
+        wn = None if w is None else w.contiguous().numpy()
+        km.train(xn, weights=wn, init_centroids=init)
+        c = torch.from_numpy(km.centroids.copy())
+        idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+        self.history = [float(v) for v in km.obj] if hasattr(km, "obj") else []
+        self.inertia = float(dist.double().sum())
+        self.centroids = c
