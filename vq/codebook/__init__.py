@@ -1,9 +1,12 @@
 """vq.codebook — the shared codebook core (k-means, product/residual/additive VQ, FSQ,
 lattices, SimVQ, metrics). Every family speaks the :class:`Codec` protocol."""
+from vq.codebook.kmeans import KMeans, assign
 from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, load_codec, save_codec
 
 __all__ = [
     "Codec",
+    "KMeans",
+    "assign",
     "check_codes",
     "check_vectors",
     "check_weights",
