@@ -1,2 +1,22 @@
 """vq_tokenizers — quantizer layers and VQ tokenizer models built on vq.codebook."""
-__all__: list[str] = []
+from vq_tokenizers.layers import (
+    FSQ,
+    GroupedResidualVQ,
+    QuantizerOutput,
+    QuantizerStats,
+    ResidualVQ,
+    SimVQ,
+    VectorQuantizer,
+    VQConfig,
+)
+
+__all__ = [
+    "FSQ",
+    "GroupedResidualVQ",
+    "QuantizerOutput",
+    "QuantizerStats",
+    "ResidualVQ",
+    "SimVQ",
+    "VQConfig",
+    "VectorQuantizer",
+]

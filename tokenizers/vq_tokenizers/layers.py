@@ -1,0 +1,664 @@
+"""Quantizer layers for learned tokenizers: thin ``nn.Module`` s over :mod:`vq.codebook`.
+
+Every layer takes channel-last input ``(..., dim)`` and returns one fixed NamedTuple::
+
+    out = layer(x)
+    out.quantized   # (..., dim) float32 — equals layer.decode(out.codes) bit for bit
+    out.codes       # (...,) int64 (single codebook) or (..., levels) / (..., groups, levels)
+    out.loss        # () float32, weighted commitment + codebook losses (add to the task loss)
+    out.stats       # QuantizerStats: per-level used fraction / perplexity of this batch
+
+Nearest-code search is :func:`vq.codebook.assign` (chunked: the ``(rows, K)`` distance block
+stays under ``chunk_bytes``, no ``n x K`` one-hot anywhere), so K = 65536 trains. Codebook
+arithmetic runs in float32 with autocast disabled, whatever precision the model around it uses.
+
+Distributed training (``torch.distributed`` initialised, world > 1): code counts and EMA sums
+are all-reduced, k-means initialisation and dead-code re-seeding are computed on rank 0 and
+broadcast, so every rank holds the identical codebook. Collectives run only when
+``module.training and torch.is_grad_enabled()``, which is a per-step decision every rank makes
+the same way in a DDP training step, so a rank that evaluates or runs under ``no_grad`` never
+enters a collective alone (no hang).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vq.codebook import KMeans, assign, check_codes
+from vq.codebook.fsq import FSQ as FSQGrid
+from vq.codebook.metrics import stage_stats
+from vq.codebook.product import require_int
+
+__all__ = [
+    "QuantizerStats",
+    "QuantizerOutput",
+    "VQConfig",
+    "VectorQuantizer",
+    "SimVQ",
+    "FSQ",
+    "ResidualVQ",
+    "GroupedResidualVQ",
+    "rotate_to",
+]
+
+log = logging.getLogger(__name__)
+
+#: budget of the (rows, K) float32 distance block in the nearest-code search
+DEFAULT_CHUNK_BYTES = 32 << 20
+
+
+class QuantizerStats(NamedTuple):
+    """Usage of this batch, one entry per level (1 for single-codebook layers)."""
+
+    used_fraction: Tensor  # (levels,) float32: codes hit at least once / K
+    perplexity: Tensor  # (levels,) float32: exp(entropy) of the batch's code histogram
+    commitment_loss: Tensor  # () unweighted ||z - sg(q)||^2 mean (summed over levels)
+    codebook_loss: Tensor  # () unweighted ||sg(z) - q||^2 mean (0 for EMA / FSQ)
+
+
+class QuantizerOutput(NamedTuple):
+    quantized: Tensor
+    codes: Tensor
+    loss: Tensor
+    stats: QuantizerStats
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _all_reduce_sum(t: Tensor) -> Tensor:
+    if _world() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: Tensor) -> Tensor:
+    if _world() > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
+def _check_input(x: Any, dim: int, name: str = "x") -> Tensor:
+    """Validate channel-last input ``(..., dim)`` before any heavy work."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != dim:
+        raise ValueError(
+            f"{name} has last dimension {x.shape[-1] if x.dim() else None}, expected {dim} "
+            f"(layers take channel-last input (..., {dim}); shape was {tuple(x.shape)})"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf (diverged encoder or learning rate too high?)")
+    return x
+
+
+def _check_int_codes(codes: Any, name: str = "codes") -> Tensor:
+    if not isinstance(codes, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(codes).__name__}")
+    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got dtype {codes.dtype}")
+    return codes.long()
+
+
+def _batch_stats(codes: Tensor, k: int | list[int]) -> tuple[Tensor, Tensor]:
+    """codes (n, m) in [0, k) -> used_fraction (m,), perplexity (m,) via vq.codebook.metrics."""
+    s = stage_stats(codes.detach(), k)
+    used = torch.tensor([d["used_fraction"] for d in s], dtype=torch.float32)
+    ppl = torch.tensor([d["perplexity"] for d in s], dtype=torch.float32)
+    return used, ppl
+
+
+def rotate_to(e: Tensor, q: Tensor, eps: float = 1e-6) -> Tensor:
+    """Rotation trick (Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation
+    Trick"): ``sg(lambda R) e`` where R rotates ``e`` onto ``q``'s direction and
+    ``lambda = |q| / |e|``. The value is ``q`` (up to rounding); the gradient reaching ``e`` is
+    ``lambda R^T g`` instead of the straight-through ``g``.
+
+    e, q: (n, c) float. Returns (n, c).
+    """
+    with torch.no_grad():
+        e_norm = e.norm(dim=-1, keepdim=True).clamp_min(eps)  # (n, 1)
+        q_norm = q.norm(dim=-1, keepdim=True).clamp_min(eps)
+        e_hat, q_hat = e / e_norm, q / q_norm
+        r = F.normalize(e_hat + q_hat, dim=-1)  # Householder direction
+        scale = q_norm / e_norm
+    # R e = e - 2 (e.r) r + 2 (e.e_hat) q_hat   (R = I - 2 r r^T + 2 q_hat e_hat^T)
+    rot = e - 2.0 * (e * r).sum(-1, keepdim=True) * r + 2.0 * (e * e_hat).sum(-1, keepdim=True) * q_hat
+    return scale * rot
+
+
+# -- single codebook ---------------------------------------------------------------------------
+_UPDATES = ("ema", "gradient")
+_GRADIENTS = ("ste", "rotation")
+_INITS = ("kmeans", "data", "random")
+
+
+@dataclass(frozen=True)
+class VQConfig:
+    """Constructor arguments of :class:`VectorQuantizer` (validated on creation).
+
+    Attributes:
+        dim: input / output vector length.
+        codebook_size: K.
+        codebook_dim: if set and < ``dim``: factorised codebook (DAC-style) — the search runs on
+            ``Linear(dim, codebook_dim)`` projections, the output goes back through
+            ``Linear(codebook_dim, dim)``.
+        cosine: l2-normalise projected inputs and codewords (cosine-similarity codes).
+        update: ``"ema"`` (codebook = EMA of assigned vectors) or ``"gradient"`` (codebook is an
+            ``nn.Parameter`` trained by the codebook loss).
+        gradient: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
+        decay: EMA decay of the codebook statistics.
+        commitment_weight, codebook_weight: loss weights (``loss = cw * commit + cbw * codebook``).
+        init: ``"kmeans"`` — k-means on a buffer of ``init_vectors`` encoder outputs collected
+            over several batches (at most ``init_max_batches``; the first batch's samples serve
+            until then); ``"data"`` — codes sampled from the first batch; ``"random"`` — keep
+            the random normal init (the collapse-prone classic).
+        kmeans_iters: Lloyd iterations for that init (skipped when the buffer has < 2 K vectors).
+        reseed: CVQ-style dead-code re-seeding from a ring buffer of recent encoder outputs.
+        reseed_threshold: a code is dead when its EMA share of assignments falls below
+            ``reseed_threshold / K`` (relative to a uniform share, whatever the batch size) and
+            it was not hit in the current batch.
+        reseed_every: check for dead codes every this many training steps.
+        usage_window: EMA window (in vectors) of the usage estimate; default ``8 K`` so that a
+            live code is expected to be hit ~8 times inside the window.
+        recent_vectors: size of the ring buffer of recent encoder outputs (default max(4096, K)).
+        chunk_bytes: distance-block budget of the nearest-code search.
+        seed: seeds init sampling and re-seeding.
+    """
+
+    dim: int
+    codebook_size: int
+    codebook_dim: int | None = None
+    cosine: bool = False
+    update: str = "ema"
+    gradient: str = "ste"
+    decay: float = 0.99
+    commitment_weight: float = 0.25
+    codebook_weight: float = 1.0
+    init: str = "kmeans"
+    init_vectors: int | None = None
+    init_max_batches: int = 32
+    kmeans_iters: int = 10
+    reseed: bool = True
+    reseed_threshold: float = 0.1
+    reseed_every: int = 10
+    usage_window: int | None = None
+    recent_vectors: int | None = None
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_int("dim", self.dim, 1)
+        require_int("codebook_size", self.codebook_size, 2)
+        if self.codebook_dim is not None:
+            require_int("codebook_dim", self.codebook_dim, 1)
+        if self.update not in _UPDATES:
+            raise ValueError(f"update must be one of {_UPDATES}, got {self.update!r}")
+        if self.init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, got {self.init!r}")
+        if self.gradient not in _GRADIENTS:
+            raise ValueError(f"gradient must be one of {_GRADIENTS}, got {self.gradient!r}")
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        for name in ("commitment_weight", "codebook_weight", "reseed_threshold"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("init_vectors", "usage_window", "recent_vectors"):
+            if getattr(self, name) is not None:
+                require_int(name, getattr(self, name), 1)
+        require_int("init_max_batches", self.init_max_batches, 1)
+        require_int("kmeans_iters", self.kmeans_iters, 0)
+        require_int("reseed_every", self.reseed_every, 1)
+        require_int("chunk_bytes", self.chunk_bytes, 1024)
+        require_int("seed", self.seed, 0)
+
+    @property
+    def inner_dim(self) -> int:
+        return self.codebook_dim if self.codebook_dim is not None else self.dim
+
+
+class VectorQuantizer(nn.Module):
+    """Vector quantizer with EMA or gradient codebook, k-means init, dead-code re-seeding.
+
+    ``VectorQuantizer(dim, codebook_size, **options)``; options are the fields of
+    :class:`VQConfig`. Input ``(..., dim)`` float (any dtype; computed in float32), output
+    :class:`QuantizerOutput` with ``codes`` of shape ``(...)`` int64 in ``[0, K)``.
+
+    Order inside a training step: search (codes from the current codebook) -> EMA update and
+    re-seeding (codes hit in this batch are never re-seeded) -> ``quantized`` gathered from the
+    updated codebook, so ``decode(codes)`` equals ``quantized`` exactly, in training too.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, **options: Any):
+        super().__init__()
+        self.config = VQConfig(dim=dim, codebook_size=codebook_size, **options)
+        cfg = self.config
+        self.dim, self.codebook_size = dim, codebook_size
+        c = cfg.inner_dim
+        factorised = cfg.codebook_dim is not None and cfg.codebook_dim != dim
+        self.project_in: nn.Module = nn.Linear(dim, c) if factorised else nn.Identity()
+        self.project_out: nn.Module = nn.Linear(c, dim) if factorised else nn.Identity()
+        self._make_codebook(c)
+        self.register_buffer("initialized", torch.tensor(not self._needs_init()))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        # EMA share of assignments per code (uniform = 1/K); drives re-seeding
+        self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        if cfg.update == "ema":
+            self.register_buffer("ema_count", torch.ones(codebook_size))
+            self.register_buffer("ema_sum", self.codebook.detach().clone())
+        n_recent = cfg.recent_vectors or max(4096, codebook_size)
+        self.register_buffer("recent", torch.zeros(n_recent, c), persistent=False)
+        self._recent_filled = 0
+        self._recent_pos = 0
+        self._init_buffer: list[Tensor] = []
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+
+    # -- codebook ------------------------------------------------------------------------
+    def _make_codebook(self, c: int) -> None:
+        init = torch.randn(self.codebook_size, c, generator=torch.Generator().manual_seed(self.config.seed))
+        init = init * c**-0.5  # unit expected norm
+        if self.config.cosine:
+            init = F.normalize(init, dim=-1)
+        if self.config.update == "gradient":
+            self.codebook = nn.Parameter(init)
+        else:
+            self.register_buffer("codebook", init)
+
+    def _needs_init(self) -> bool:
+        return True
+
+    def effective_codebook(self) -> Tensor:
+        """(K, c) float32 codewords used for search and decode (with grad in gradient mode)."""
+        cb = self.codebook
+        return F.normalize(cb, dim=-1) if self.config.cosine and self.config.update == "gradient" else cb
+
+    @property
+    def learns_codebook_by_gradient(self) -> bool:
+        return self.config.update == "gradient"
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        x = _check_input(x, self.dim)
+        lead = x.shape[:-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            flat = x.reshape(-1, self.dim).float()  # (n, dim)
+            z = self._project(flat)  # (n, c)
+            updating = self.training and torch.is_grad_enabled()
+            if updating:
+                self._maybe_init(z.detach())
+            codes, _ = assign(z.detach(), self.effective_codebook().detach(), chunk_bytes=self.config.chunk_bytes)
+            if updating and bool(self.initialized):
+                self._update(z.detach(), codes)
+            q = F.embedding(codes, self.effective_codebook())  # (n, c)
+            commit = F.mse_loss(z, q.detach())
+            cb_loss = F.mse_loss(q, z.detach()) if self.learns_codebook_by_gradient else commit.new_zeros(())
+            loss = self.config.commitment_weight * commit + self.config.codebook_weight * cb_loss
+            g = rotate_to(z, q.detach()) if self.config.gradient == "rotation" else z
+            out = q.detach() + (g - g.detach())  # value exactly q, gradient of g
+            out = self.project_out(out)  # (n, dim)
+            used, ppl = _batch_stats(codes[:, None], self.codebook_size)
+        stats = QuantizerStats(used, ppl, commit.detach(), cb_loss.detach())
+        return QuantizerOutput(out.reshape(*lead, self.dim), codes.reshape(lead), loss, stats)
+
+    def _project(self, flat: Tensor) -> Tensor:
+        z = self.project_in(flat)
+        return F.normalize(z, dim=-1) if self.config.cosine else z
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """(..., dim) -> codes (...) int64, without updating anything."""
+        x = _check_input(x, self.dim)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = self._project(x.reshape(-1, self.dim).float())
+            codes, _ = assign(z, self.effective_codebook(), chunk_bytes=self.config.chunk_bytes)
+        return codes.reshape(x.shape[:-1])
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (...) int in [0, K) -> (..., dim) float32, equal to the forward's ``quantized``."""
+        codes = _check_int_codes(codes)
+        flat = check_codes(codes.reshape(-1, 1), 1, self.codebook_size)[:, 0]  # (n,)
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            out = self.project_out(F.embedding(flat, self.effective_codebook()))
+        return out.reshape(*codes.shape, self.dim)
+
+    # -- training-time state updates -----------------------------------------------------------
+    @torch.no_grad()
+    def _maybe_init(self, z: Tensor) -> None:
+        if bool(self.initialized):
+            return
+        cfg, k = self.config, self.codebook_size
+        first = not self._init_buffer
+        self._init_buffer.append(z)
+        if cfg.init == "random":
+            return self._finish_init(z.shape[0])
+        if first:  # start from data points right away (rank 0's)
+            self._set_codebook(_broadcast(self._sample_rows(z, k).contiguous()))
+        if cfg.init == "data":
+            return self._finish_init(z.shape[0])
+        want = cfg.init_vectors or 4 * k
+        have = sum(b.shape[0] for b in self._init_buffer)
+        ready = torch.tensor(float(have >= want or len(self._init_buffer) >= cfg.init_max_batches))
+        if _world() > 1:
+            dist.all_reduce(ready, op=dist.ReduceOp.MAX)
+        if not bool(ready):
+            return
+        buf = torch.cat(self._init_buffer)  # (have, c)
+        if _rank() == 0:
+            if buf.shape[0] >= 2 * k:
+                km = KMeans(k, niter=cfg.kmeans_iters, init="k-means++" if k <= 1024 else "random", seed=cfg.seed)
+                centroids = km.fit(buf).centroids.to(buf.device)
+                log.info("k-means init of %d codes on %d buffered vectors", k, buf.shape[0])
+            else:
+                centroids = self._sample_rows(buf, k)
+                log.info("codebook init: %d buffered vectors < 2K, sampled codes from data", buf.shape[0])
+            self._set_codebook(centroids)
+        self._finish_init(z.shape[0])
+
+    def _finish_init(self, n: int) -> None:
+        self._set_codebook(_broadcast(self.codebook.detach().clone()))
+        if self.config.update == "ema":
+            self.ema_count.fill_(max(n * _world() / self.codebook_size, 1e-3))
+            self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+        self.usage.fill_(1.0 / self.codebook_size)
+        self.initialized.fill_(True)
+        for batch in self._init_buffer:
+            self._push_recent(batch)
+        self._init_buffer = []
+
+    def _set_codebook(self, rows: Tensor) -> None:
+        rows = F.normalize(rows, dim=-1) if self.config.cosine else rows
+        self.codebook.data.copy_(rows)
+
+    def _sample_rows(self, z: Tensor, count: int) -> Tensor:
+        """``count`` rows of ``z`` chosen at random (without replacement when possible)."""
+        n = z.shape[0]
+        if n >= count:
+            idx = torch.randperm(n, generator=self._gen)[:count]
+        else:
+            idx = torch.randint(n, (count,), generator=self._gen)
+        return z[idx.to(z.device)]
+
+    def _push_recent(self, z: Tensor) -> None:
+        size = self.recent.shape[0]
+        z = z[-size:]
+        m = z.shape[0]
+        end = self._recent_pos + m
+        if end <= size:
+            self.recent[self._recent_pos : end] = z
+        else:
+            cut = size - self._recent_pos
+            self.recent[self._recent_pos :] = z[:cut]
+            self.recent[: m - cut] = z[cut:]
+        self._recent_pos = end % size
+        self._recent_filled = min(size, self._recent_filled + m)
+
+    @torch.no_grad()
+    def _update(self, z: Tensor, codes: Tensor) -> None:
+        """EMA statistics, usage and re-seeding; every rank sees the same all-reduced counts."""
+        cfg, k, c = self.config, self.codebook_size, z.shape[1]
+        self.steps += 1
+        self._push_recent(z)
+        counts = torch.bincount(codes, minlength=k).float()  # (k,)
+        if cfg.update == "ema":
+            sums = torch.zeros(k, c, device=z.device).index_add_(0, codes, z)  # (k, c)
+            packed = _all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + c)
+            counts, sums = packed[:, 0], packed[:, 1:]
+            self.ema_count.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
+            self.ema_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
+            total = self.ema_count.sum()
+            smoothed = (self.ema_count + 1e-5) / (total + k * 1e-5) * total  # Laplace smoothing
+            self._set_codebook(self.ema_sum / smoothed[:, None])
+        else:
+            counts = _all_reduce_sum(counts)
+        n_global = counts.sum()
+        window = cfg.usage_window or 8 * k
+        rate = float(min(1.0, max(n_global / window, 1e-3)))
+        self.usage.mul_(1 - rate).add_(counts / n_global, alpha=rate)
+        if cfg.reseed and int(self.steps) % cfg.reseed_every == 0:
+            self._reseed(counts, n_global)
+
+    def _reseed(self, counts: Tensor, n_global: Tensor) -> None:
+        k = self.codebook_size
+        dead = ((self.usage < self.config.reseed_threshold / k) & (counts == 0)).to(torch.uint8)
+        dead = _broadcast(dead).bool()  # rank 0 decides
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self._recent_filled == 0:
+            return
+        anchors = self._sample_rows(self.recent[: self._recent_filled], n_dead)  # (n_dead, c)
+        anchors = _broadcast(anchors.contiguous())
+        self.codebook.data[dead] = F.normalize(anchors, dim=-1) if self.config.cosine else anchors
+        self.usage[dead] = 1.0 / k  # grace period: a fresh code starts at a uniform share
+        if self.config.update == "ema":
+            fresh = float(n_global) / k
+            self.ema_count[dead] = fresh
+            self.ema_sum[dead] = self.codebook.data[dead] * fresh
+        log.debug("re-seeded %d dead codes of %d", n_dead, k)
+
+
+class SimVQ(VectorQuantizer):
+    """SimVQ (Zhu et al. 2024, "Addressing Representation Collapse in Vector Quantized Models
+    with One Linear Layer"): codewords = frozen random basis @ learnable linear map, so every
+    code moves with every gradient step. Codebook by gradient (rotation trick by default);
+    no EMA, no re-seeding, no k-means init. State: ``basis`` (K, c) buffer, ``transform.weight``.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, **options: Any):
+        for fixed in ("update", "init", "reseed"):
+            if fixed in options:
+                raise ValueError(f"SimVQ fixes {fixed!r}; it cannot be set")
+        options.setdefault("gradient", "rotation")
+        super().__init__(dim, codebook_size, update="gradient", init="random", reseed=False, **options)
+
+    def _make_codebook(self, c: int) -> None:
+        gen = torch.Generator().manual_seed(self.config.seed)
+        self.register_buffer("basis", torch.randn(self.codebook_size, c, generator=gen) * c**-0.5)
+        self.transform = nn.Linear(c, c, bias=False)
+        nn.init.eye_(self.transform.weight)
+
+    def _needs_init(self) -> bool:
+        return False
+
+    def effective_codebook(self) -> Tensor:
+        cb = self.transform(self.basis)  # (K, c) = basis @ W^T
+        return F.normalize(cb, dim=-1) if self.config.cosine else cb
+
+    @property
+    def codebook(self) -> Tensor:  # read-only view for callers that inspect codewords
+        return self.effective_codebook()
+
+
+# -- finite scalar quantization ------------------------------------------------------------------
+class FSQ(nn.Module):
+    """FSQ layer (Mentzer et al. 2023): ``Linear(dim, len(levels))`` -> tanh bound -> per-coordinate
+    rounding on the grid of :class:`vq.codebook.fsq.FSQ` (straight-through) -> ``Linear`` back.
+    No codebook to learn, no auxiliary loss (``loss`` is 0). K = prod(levels).
+    """
+
+    def __init__(self, dim: int, levels: list[int] | tuple[int, ...]):
+        super().__init__()
+        require_int("dim", dim, 1)
+        self.grid = FSQGrid(list(levels))
+        self.dim, self.levels, self.codebook_size = dim, list(levels), self.grid.codebook_size
+        d = len(self.levels)
+        self.project_in: nn.Module = nn.Linear(dim, d) if d != dim else nn.Identity()
+        self.project_out: nn.Module = nn.Linear(d, dim) if d != dim else nn.Identity()
+
+    def forward(self, x: Tensor) -> QuantizerOutput:
+        x = _check_input(x, self.dim)
+        lead = x.shape[:-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            b = torch.tanh(self.project_in(x.reshape(-1, self.dim).float()))  # (n, d) in (-1, 1)
+            digits = self.grid.quantize_digits(b.detach())  # (n, d) int64
+            q = self.grid.digits_to_values(digits).to(b.device)
+            out = self.project_out(q + (b - b.detach()))  # straight-through, value exactly q
+            codes = self.grid.codes_to_index(digits)  # (n,)
+            used, ppl = _batch_stats(codes[:, None], self.codebook_size)
+        zero = out.new_zeros(())
+        return QuantizerOutput(out.reshape(*lead, self.dim), codes.reshape(lead), zero, QuantizerStats(used, ppl, zero, zero))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        return self.forward(x).codes
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (...) int in [0, prod(levels)) -> (..., dim) float32."""
+        codes = _check_int_codes(codes)
+        digits = self.grid.index_to_codes(codes.reshape(-1))  # (n, d), range-checked
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            out = self.project_out(self.grid.digits_to_values(digits))
+        return out.reshape(*codes.shape, self.dim)
+
+
+# -- residual ------------------------------------------------------------------------------------
+class ResidualVQ(nn.Module):
+    """Residual VQ: ``levels`` :class:`VectorQuantizer` stages, each with its own codebook (and its
+    own projections when ``codebook_dim`` is set), each quantizing what the previous left.
+
+    Quantizer dropout (SoundStream): during training, a fraction ``quantizer_dropout`` of the
+    examples (index 0 of the input; rows of a 2-D input) keep only a random number of levels
+    ``n_q ~ U{1..levels}``; dropped levels contribute nothing and get code ``-1``. Every stage
+    still sees and learns from all vectors. ``forward(x, n_levels=m)`` keeps the first m levels
+    for everyone (bitrate scaling at inference).
+
+    Codes: (..., levels) int64 in ``[-1, K)``, ``-1`` = level not used. ``decode`` accepts the same.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, levels: int, *, quantizer_dropout: float = 0.0, **vq_options: Any):
+        super().__init__()
+        require_int("levels", levels, 1)
+        if not 0.0 <= quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        seed = vq_options.pop("seed", 0)
+        self.dim, self.codebook_size, self.levels = dim, codebook_size, levels
+        self.quantizer_dropout = quantizer_dropout
+        self.stages = nn.ModuleList(
+            VectorQuantizer(dim, codebook_size, seed=seed + i, **vq_options) for i in range(levels)
+        )
+
+    def sample_levels(self, n_examples: int, n_levels: int | None, device: torch.device) -> Tensor:
+        """(n_examples,) int64 number of levels each example keeps."""
+        if n_levels is not None:
+            require_int("n_levels", n_levels, 1)
+            if n_levels > self.levels:
+                raise ValueError(f"n_levels={n_levels} exceeds the {self.levels} levels of this quantizer")
+            return torch.full((n_examples,), n_levels, dtype=torch.int64, device=device)
+        keep = torch.full((n_examples,), self.levels, dtype=torch.int64, device=device)
+        if self.training and self.quantizer_dropout > 0:
+            drop = torch.rand(n_examples, device=device) < self.quantizer_dropout
+            keep = torch.where(drop, torch.randint(1, self.levels + 1, (n_examples,), device=device), keep)
+        return keep
+
+    def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
+        x = _check_input(x, self.dim)
+        examples = x.shape[0] if x.dim() > 1 else 1
+        keep = self.sample_levels(examples, n_levels, x.device)  # (B,)
+        per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
+        return self._run(x, per_row)
+
+    def _run(self, x: Tensor, keep: Tensor) -> QuantizerOutput:
+        """x (..., dim); keep (n,) levels kept per flattened row."""
+        lead = x.shape[:-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            residual = x.reshape(-1, self.dim).float()  # (n, dim)
+            out = torch.zeros_like(residual)
+            codes, loss, parts = [], residual.new_zeros(()), []
+            for level, stage in enumerate(self.stages):
+                o = stage(residual)
+                on = keep > level  # (n,)
+                out = out + o.quantized * on[:, None].to(out.dtype)
+                residual = residual - o.quantized.detach()
+                codes.append(torch.where(on, o.codes, torch.full_like(o.codes, -1)))
+                loss = loss + o.loss
+                parts.append(o.stats)
+        stats = QuantizerStats(
+            torch.cat([s.used_fraction for s in parts]),
+            torch.cat([s.perplexity for s in parts]),
+            sum(s.commitment_loss for s in parts),
+            sum(s.codebook_loss for s in parts),
+        )
+        codes_t = torch.stack(codes, dim=-1)  # (n, levels)
+        return QuantizerOutput(out.reshape(*lead, self.dim), codes_t.reshape(*lead, self.levels), loss, stats)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (..., levels) int in [-1, K) (-1 = level unused) -> (..., dim) float32."""
+        codes = _check_int_codes(codes)
+        if codes.dim() == 0 or codes.shape[-1] != self.levels:
+            raise ValueError(f"codes must have shape (..., {self.levels}), got {tuple(codes.shape)}")
+        flat = codes.reshape(-1, self.levels)  # (n, levels)
+        if bool(((flat < -1) | (flat >= self.codebook_size)).any()):
+            bad = flat[(flat < -1) | (flat >= self.codebook_size)][0].item()
+            raise ValueError(f"codes out of range: found {bad}, valid range is [-1, {self.codebook_size})")
+        out = torch.zeros(flat.shape[0], self.dim, device=codes.device)
+        for level, stage in enumerate(self.stages):
+            on = flat[:, level] >= 0
+            out = out + stage.decode(flat[:, level].clamp_min(0)) * on[:, None].to(out.dtype)
+        return out.reshape(*codes.shape[:-1], self.dim)
+
+    def bitrate(self, frames_per_second: float, n_levels: int | None = None) -> float:
+        """bits/s = frames/s x levels x log2(K)."""
+        return frames_per_second * (n_levels or self.levels) * math.log2(self.codebook_size)
+
+
+class GroupedResidualVQ(nn.Module):
+    """``groups`` independent :class:`ResidualVQ` on equal slices of the channel dimension.
+
+    Codes: (..., groups, levels). Quantizer dropout draws one ``n_q`` per example shared by all
+    groups. Stats are concatenated group-major: entry ``g * levels + l``.
+    """
+
+    def __init__(self, dim: int, codebook_size: int, levels: int, groups: int, **rvq_options: Any):
+        super().__init__()
+        require_int("groups", groups, 1)
+        if dim % groups:
+            raise ValueError(f"dim={dim} is not divisible by groups={groups}")
+        seed = rvq_options.pop("seed", 0)
+        self.dim, self.groups, self.levels, self.codebook_size = dim, groups, levels, codebook_size
+        self.rvqs = nn.ModuleList(
+            ResidualVQ(dim // groups, codebook_size, levels, seed=seed + 1000 * g, **rvq_options) for g in range(groups)
+        )
+
+    def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
+        x = _check_input(x, self.dim)
+        examples = x.shape[0] if x.dim() > 1 else 1
+        keep = self.rvqs[0].sample_levels(examples, n_levels, x.device)
+        per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
+        outs = [r._run(part, per_row) for r, part in zip(self.rvqs, x.chunk(self.groups, dim=-1))]
+        stats = QuantizerStats(
+            torch.cat([o.stats.used_fraction for o in outs]),  # (groups * levels,)
+            torch.cat([o.stats.perplexity for o in outs]),
+            sum(o.stats.commitment_loss for o in outs),
+            sum(o.stats.codebook_loss for o in outs),
+        )
+        return QuantizerOutput(
+            torch.cat([o.quantized for o in outs], dim=-1),
+            torch.stack([o.codes for o in outs], dim=-2),  # (..., groups, levels)
+            sum(o.loss for o in outs),
+            stats,
+        )
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (..., groups, levels) -> (..., dim) float32."""
+        codes = _check_int_codes(codes)
+        if codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.groups, self.levels):
+            raise ValueError(f"codes must have shape (..., {self.groups}, {self.levels}), got {tuple(codes.shape)}")
+        return torch.cat([r.decode(codes[..., g, :]) for g, r in enumerate(self.rvqs)], dim=-1)
+
+    def bitrate(self, frames_per_second: float, n_levels: int | None = None) -> float:
+        return self.groups * self.rvqs[0].bitrate(frames_per_second, n_levels)
