@@ -1,0 +1,249 @@
+"""CPU fast path: LUT-GEMV for small batches, tiled dequantize-then-matmul for large ones.
+
+LUT-GEMV (batch ``B <= GEMV_MAX_BATCH``)::
+
+    T[rt, (g, m), k, b] = x[b, g*d:(g+1)*d] . codebooks[rt, g // tile_groups, m, k]   # batched matmul
+    y[b, r]             = scales[r] * sum_{g, m} T[r // tile_rows, (g, m), codes[r, g, m], b]
+
+The table costs ``R_t * in_features * M * K`` multiply-adds per batch row (``M*K/out`` of a dense
+GEMV) and the gather-sum reads one byte (K <= 256) or two (K <= 65536) per code instead of four
+bytes per weight. The gather-sum runs in a small C++ library (``csrc/lut_cpu.cpp``) compiled
+with ``g++ -O3 -march=native -fopenmp`` on first use and loaded with :mod:`ctypes` (no torch
+headers, ~1 s to build; cached under ``$VQ_KERNELS_CACHE`` or ``~/.cache/vq_kernels``). If no
+compiler is available the same algorithm runs in vectorised torch (``index_select`` + sum),
+which is correct but about 20x slower; see docs/results.md for the measured numbers.
+
+Larger batches dequantize ``ROW_CHUNK`` rows at a time into a buffer that stays in cache and
+multiply it with ``x`` (MKL sgemm), so the dense weight is never materialised in full.
+
+Memory trade: the kernels need the codes unpacked to one index per (row, group, codebook):
+:func:`prepare` builds that ``(out, n_groups * M)`` uint8 / int16 tensor once and ``VQLinear``
+caches it (``out * in * M / d`` bytes for K <= 256: 1 byte per code instead of ``bits/8``; for
+a 2x8 layer that is 4x the packed codes and 1/16 of the fp32 weight).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from vq_kernels.layout import VQLayout, check_input
+from vq_kernels.packing import unpack_codes
+
+__all__ = [
+    "GEMV_MAX_BATCH",
+    "ROW_CHUNK",
+    "prepare",
+    "native_available",
+    "dequantize",
+    "lut_gemv",
+    "lut_gemm",
+    "linear",
+]
+
+log = logging.getLogger(__name__)
+
+#: largest batch served by the LUT path; the gather reads B contiguous floats per code
+GEMV_MAX_BATCH = 8
+#: rows dequantized per step of the GEMM path (128 x 4096 fp32 = 2 MiB, about one L2)
+ROW_CHUNK = 128
+_SRC = Path(__file__).with_name("csrc") / "lut_cpu.cpp"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+
+
+# -- native library -----------------------------------------------------------------------
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@lru_cache(maxsize=1)
+def _native() -> ctypes.CDLL | None:
+    """Build (once per source/flags/CPU) and load the C++ kernels; None if that fails."""
+    if os.environ.get("VQ_KERNELS_NO_NATIVE"):
+        return None
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(src + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("VQ_KERNELS_CACHE", Path.home() / ".cache" / "vq_kernels"))
+    lib = cache / f"lut_cpu_{key}.so"
+    try:
+        if not lib.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+            os.close(fd)
+            cmd = [os.environ.get("CXX", "g++"), *_FLAGS, str(_SRC), "-o", tmp]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+            os.replace(tmp, lib)  # atomic: concurrent builders never see a half-written file
+        dll = ctypes.CDLL(str(lib))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("vq_kernels: C++ CPU kernels unavailable (%s); using the torch fallback", e)
+        return None
+    i64, p = ctypes.c_int64, ctypes.c_void_p
+    for name in ("vq_gather_sum_u8", "vq_gather_sum_u16"):
+        getattr(dll, name).argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, ctypes.c_int]
+        getattr(dll, name).restype = None
+    for name in ("vq_dequantize_u8", "vq_dequantize_u16"):
+        getattr(dll, name).argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int]
+        getattr(dll, name).restype = None
+    return dll
+
+
+def native_available() -> bool:
+    """True when the compiled C++ kernels load on this machine."""
+    return _native() is not None
+
+
+def _suffix(idx: Tensor) -> str:
+    return "u8" if idx.dtype == torch.uint8 else "u16"
+
+
+# -- preparation --------------------------------------------------------------------------
+def prepare(codes: Tensor, layout: VQLayout) -> Tensor:
+    """Unpack and validate codes once for the CPU kernels.
+
+    Args:
+        codes: packed (out, words_per_row) int32 or logical (out, n_groups, M) integer codes.
+    Returns:
+        (out, n_groups * M) contiguous uint8 (K <= 256) or int16 (bit pattern of uint16).
+    """
+    if codes.dim() == 2:
+        layout.check_packed_codes(codes, check_range=False)
+        codes = unpack_codes(codes, layout.bits, layout.n_groups, layout.M)
+    layout.check_logical_codes(codes)  # range [0, K) checked here, before any gather
+    flat = codes.reshape(layout.out_features, layout.n_groups * layout.M).cpu()  # (out, J)
+    if layout.K <= 256:
+        return flat.to(torch.uint8).contiguous()
+    return torch.where(flat >= 1 << 15, flat - (1 << 16), flat).to(torch.int16).contiguous()
+
+
+def _check_index(idx: Tensor, layout: VQLayout) -> None:
+    want = (layout.out_features, layout.n_groups * layout.M)
+    dtype = torch.uint8 if layout.K <= 256 else torch.int16
+    if not isinstance(idx, Tensor) or idx.dtype != dtype or tuple(idx.shape) != want or not idx.is_contiguous():
+        got = (idx.dtype, tuple(idx.shape)) if isinstance(idx, Tensor) else type(idx).__name__
+        raise ValueError(f"index must be a contiguous {dtype} tensor of shape {want} from prepare(), got {got}")
+    if idx.device.type != "cpu":
+        raise ValueError(f"index must be on the CPU, got {idx.device}")
+
+
+def _index_long(idx: Tensor) -> Tensor:
+    return idx.long() & 0xFFFF  # int16 holds uint16 bit patterns
+
+
+def _f32_codebooks(codebooks: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
+    return codebooks.float().contiguous(), scales.float().contiguous()
+
+
+# -- ops ----------------------------------------------------------------------------------
+def _tables(x: Tensor, codebooks: Tensor, layout: VQLayout) -> Tensor:
+    """T (R_t, J, K, B) float32, contiguous: x . codeword for every group, codebook, codeword."""
+    lay = layout
+    b = x.shape[0]
+    pad = lay.group_tiles * lay.tile_groups - lay.n_groups
+    xg = x.float().reshape(b, lay.n_groups, lay.d)  # (B, G, d)
+    if pad:
+        xg = torch.cat([xg, xg.new_zeros(b, pad, lay.d)], dim=1)  # (B, C_t*tg, d)
+    xg = xg.reshape(b, lay.group_tiles, lay.tile_groups, lay.d).transpose(0, 1)  # (C_t, B, tg, d)
+    xg = xg.reshape(1, lay.group_tiles, b * lay.tile_groups, lay.d)  # (1, C_t, B*tg, d)
+    cb = codebooks.reshape(lay.row_tiles, lay.group_tiles, lay.M * lay.K, lay.d)  # (R_t, C_t, M*K, d)
+    t = torch.matmul(xg, cb.transpose(-1, -2))  # (R_t, C_t, B*tg, M*K)
+    t = t.reshape(lay.row_tiles, lay.group_tiles, b, lay.tile_groups, lay.M, lay.K)
+    if b > 1:
+        t = t.permute(0, 1, 3, 4, 5, 2)  # (R_t, C_t, tg, M, K, B)
+    t = t.reshape(lay.row_tiles, lay.group_tiles * lay.tile_groups * lay.M, lay.K, b)
+    return t[:, : lay.n_groups * lay.M].contiguous()  # (R_t, J, K, B)
+
+
+def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
+    """x (B, in) with 1 <= B <= 8 -> (B, out) in x's dtype, by table lookup."""
+    lay = layout
+    check_input(x, lay, torch.device("cpu"))
+    if x.dim() != 2 or not 1 <= x.shape[0] <= GEMV_MAX_BATCH:
+        raise ValueError(f"lut_gemv takes x of shape (B, {lay.in_features}) with 1 <= B <= {GEMV_MAX_BATCH}")
+    _check_index(index, lay)
+    lay.check_codebooks(codebooks, scales)
+    b = x.shape[0]
+    cb, sc = _f32_codebooks(codebooks, scales)
+    table = _tables(x, cb, lay)  # (R_t, J, K, B)
+    j = lay.n_groups * lay.M
+    dll = _native()
+    if dll is not None:
+        y = torch.empty(lay.out_features, b)  # (out, B)
+        # chunk of j so that one chunk of the table (jchunk * K * B floats) stays within ~1 MiB
+        jchunk = max(8, (1 << 18) // (lay.K * b))
+        getattr(dll, f"vq_gather_sum_{_suffix(index)}")(
+            table.data_ptr(), index.data_ptr(), y.data_ptr(),
+            lay.out_features, j, lay.K, b, lay.tile_rows, jchunk, torch.get_num_threads(),
+        )
+    else:
+        rows = torch.arange(lay.out_features) // lay.tile_rows  # (out,)
+        flat = (rows[:, None] * j + torch.arange(j)[None, :]) * lay.K + _index_long(index)  # (out, J)
+        y = table.reshape(-1, b).index_select(0, flat.reshape(-1)).reshape(lay.out_features, j, b).sum(1)
+    return (y * sc[:, None]).T.to(x.dtype).contiguous()  # (B, out)
+
+
+def dequantize(index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout, rows: slice | None = None) -> Tensor:
+    """Dense weight rows ``rows`` (default all): (n_rows, in) in the codebooks' dtype.
+
+    Bit-identical to :func:`vq_kernels.reference.dequantize` (same summation order).
+    """
+    lay = layout
+    _check_index(index, lay)
+    lay.check_codebooks(codebooks, scales)
+    r0, r1, _ = (rows or slice(0, lay.out_features)).indices(lay.out_features)
+    cb, sc = _f32_codebooks(codebooks, scales)
+    if codebooks.dtype == torch.float64 or scales.dtype == torch.float64:
+        cb, sc = codebooks.double().contiguous(), scales.double().contiguous()
+    dll = _native()
+    if dll is not None and cb.dtype == torch.float32 and lay.d <= 16:
+        w = torch.empty(r1 - r0, lay.in_features)
+        getattr(dll, f"vq_dequantize_{_suffix(index)}")(
+            index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
+            lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles,
+            torch.get_num_threads(),
+        )
+    else:
+        codes = _index_long(index[r0:r1]).reshape(r1 - r0, lay.n_groups, lay.M)  # (n, G, M)
+        rt = (torch.arange(r0, r1) // lay.tile_rows)[:, None]  # (n, 1)
+        ct = (torch.arange(lay.n_groups) // lay.tile_groups)[None, :]  # (1, G)
+        w = cb[rt, ct, 0, codes[:, :, 0]]  # (n, G, d)
+        for m in range(1, lay.M):
+            w = w + cb[rt, ct, m, codes[:, :, m]]
+        w = (w * sc[r0:r1, None, None]).reshape(r1 - r0, lay.in_features)
+    return w.to(codebooks.dtype)
+
+
+def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
+    """x (B, in) -> (B, out): dequantize ``ROW_CHUNK`` rows at a time and multiply (sgemm)."""
+    lay = layout
+    check_input(x, lay, torch.device("cpu"))
+    if x.dim() != 2:
+        raise ValueError(f"lut_gemm takes x of shape (B, {lay.in_features}), got {tuple(x.shape)}")
+    _check_index(index, lay)
+    lay.check_codebooks(codebooks, scales)
+    acc = torch.float64 if torch.float64 in (x.dtype, codebooks.dtype, scales.dtype) else torch.float32
+    xa = x.to(acc)
+    y = torch.empty(x.shape[0], lay.out_features, dtype=acc)
+    for r0 in range(0, lay.out_features, ROW_CHUNK):
+        r1 = min(r0 + ROW_CHUNK, lay.out_features)
+        w = dequantize(index, codebooks, scales, lay, slice(r0, r1)).to(acc)  # (n, in)
+        torch.matmul(xa, w.T, out=y[:, r0:r1])
+    return y.to(x.dtype)
+
+
+def linear(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
+    """x (B, in) -> (B, out): LUT-GEMV up to ``GEMV_MAX_BATCH`` rows, tiled GEMM above."""
+    if x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_BATCH and x.dtype != torch.float64:
+        return lut_gemv(x, index, codebooks, scales, layout)
+    return lut_gemm(x, index, codebooks, scales, layout)

@@ -1,0 +1,118 @@
+"""CPU fast path (C++ LUT kernels and the torch fallback) against the float64 reference."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vq_kernels import cpu, ops, reference
+from vq_kernels.packing import pack_codes
+
+
+@pytest.fixture(params=["native", "torch"])
+def impl(request, monkeypatch):
+    if request.param == "native":
+        if not cpu.native_available():
+            pytest.skip("C++ CPU kernels could not be built here")
+    else:
+        monkeypatch.setattr(cpu, "_native", lambda: None)
+    return request.param
+
+
+def test_dequantize_bit_exact(case, impl):
+    codes, cb, sc, lay = case.make(seed=10)
+    idx = cpu.prepare(codes, lay)
+    want = reference.dequantize(codes, cb, sc, lay.tile_rows, lay.tile_groups)
+    assert torch.equal(cpu.dequantize(idx, cb, sc, lay), want)
+    assert torch.equal(cpu.dequantize(idx, cb, sc, lay, slice(1, 5)), want[1:5])
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 11])
+def test_linear_matches_float64_reference(case, impl, batch, rel_err):
+    codes, cb, sc, lay = case.make(seed=20 + batch)
+    idx = cpu.prepare(pack_codes(codes, lay.bits), lay)  # also exercises prepare() on packed codes
+    x = torch.randn(batch, case.inp, generator=torch.Generator().manual_seed(batch))
+    ref = reference.vq_linear(x.double(), codes, cb.double(), sc.double(), lay.tile_rows, lay.tile_groups)
+    y = cpu.linear(x, idx, cb, sc, lay)
+    assert y.shape == (batch, case.out) and y.dtype == torch.float32
+    assert rel_err(y, ref) < 1e-5
+    if batch <= cpu.GEMV_MAX_BATCH:  # the GEMM path also serves small batches
+        assert rel_err(cpu.lut_gemm(x, idx, cb, sc, lay), ref) < 1e-5
+
+
+def test_half_codebooks(rel_err):
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 256, (20, 6, 2), generator=g)
+    cb = torch.randn(1, 1, 2, 256, 8, generator=g).half()
+    sc = torch.rand(20, generator=g).half()
+    from vq_kernels.layout import VQLayout
+
+    lay = VQLayout.infer(codes, cb)
+    idx = cpu.prepare(codes, lay)
+    assert torch.equal(cpu.dequantize(idx, cb, sc, lay), reference.dequantize(codes, cb, sc))
+    x = torch.randn(2, 48, generator=g)
+    ref = reference.vq_linear(x.double(), codes, cb.double(), sc.double())
+    assert rel_err(cpu.lut_gemv(x, idx, cb, sc, lay), ref) < 1e-5
+
+
+def test_ops_dispatch_to_cpu_for_packed_codes(rel_err):
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, 16, (7, 10, 1), generator=g)
+    cb, sc = torch.randn(1, 1, 1, 16, 4, generator=g), torch.rand(7, generator=g)
+    packed = pack_codes(codes, 4)
+    w = ops.dequantize(packed, cb, sc, 40, 4, 7, 10)
+    assert torch.equal(w, reference.dequantize(codes, cb, sc))
+    for b in (1, 9):
+        x = torch.randn(b, 40, generator=g)
+        ref = reference.vq_linear(x.double(), codes, cb.double(), sc.double())
+        assert rel_err(ops.lut_gemv(x, packed, cb, sc, 40, 4, 7, 10) if b == 1 else ops.lut_gemm(x, packed, cb, sc, 40, 4, 7, 10), ref) < 1e-5
+
+
+def test_out_of_range_codes_raise_before_any_gather(monkeypatch):
+    # K = 5 with 3-bit codes: 5, 6, 7 are representable but invalid
+    codes = torch.zeros(4, 3, 1, dtype=torch.long)
+    codes[2, 1, 0] = 6
+    packed = pack_codes(codes, 3)
+    cb, sc = torch.randn(1, 1, 1, 5, 2), torch.ones(4)
+
+    def boom(*a, **k):
+        raise AssertionError("a kernel ran")
+
+    monkeypatch.setattr(cpu, "_native", boom)
+    monkeypatch.setattr(cpu, "_tables", boom)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.dequantize(packed, cb, sc, 6, 3, 4, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        ops.lut_gemv(torch.randn(1, 6), packed, cb, sc, 6, 3, 4, 3)
+
+
+def test_launchers_validate_inputs():
+    codes = torch.zeros(4, 3, 1, dtype=torch.long)
+    cb, sc = torch.randn(1, 1, 1, 8, 2), torch.ones(4)
+    packed = pack_codes(codes, 3)
+    with pytest.raises(TypeError, match="int32"):
+        ops.dequantize(packed.long(), cb, sc, 6, 3, 4, 3)
+    with pytest.raises(ValueError, match="codebooks must have shape"):
+        ops.dequantize(packed, torch.randn(2, 1, 1, 8, 2), sc, 6, 3, 4, 3)
+    with pytest.raises(ValueError, match="scales"):
+        ops.dequantize(packed, cb, sc[:3], 6, 3, 4, 3)
+    with pytest.raises(ValueError, match="x must have shape"):
+        ops.lut_gemv(torch.randn(1, 8), packed, cb, sc, 6, 3, 4, 3)
+    with pytest.raises(TypeError, match="float"):
+        ops.lut_gemv(torch.ones(1, 6, dtype=torch.long), packed, cb, sc, 6, 3, 4, 3)
+    with pytest.raises(ValueError, match="multiple of d"):
+        ops.dequantize(packed, cb, sc, 7, 3, 4, 3)
+
+
+def test_native_build_falls_back_without_compiler(tmp_path):
+    """No compiler -> a logged warning and the torch path, never a crash."""
+    code = (
+        "import torch, vq_kernels.cpu as c; from vq_kernels.layout import VQLayout;"
+        "lay = VQLayout(3, 4, 2, 1, 4, 2, 3, 2); idx = c.prepare(torch.zeros(3, 2, 1, dtype=torch.long), lay);"
+        "y = c.lut_gemv(torch.ones(1, 4), idx, torch.ones(1, 1, 1, 4, 2), torch.ones(3), lay);"
+        "print(c.native_available(), y.tolist())"
+    )
+    env = {"VQ_KERNELS_CACHE": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "False [[4.0, 4.0, 4.0]]"

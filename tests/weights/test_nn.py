@@ -1,0 +1,125 @@
+"""VQLinear: forward == F.linear(x, to_dense()), construction checks, safetensors, compile."""
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from vq_kernels import reference
+from vq.weights.nn import VQLinear
+
+
+def _layer(seed=0, out=24, inp=40, d=4, M=2, K=16, tr=8, tg=3, bias=True, **kw):
+    g = torch.Generator().manual_seed(seed)
+    n_groups = inp // d
+    codes = torch.randint(0, K, (out, n_groups, M), generator=g)
+    cb = torch.randn(-(-out // tr), -(-n_groups // tg), M, K, d, generator=g)
+    sc = torch.rand(out, generator=g) + 0.5
+    b = torch.randn(out, generator=g) if bias else None
+    return VQLinear.from_codes(codes, cb, sc, b, tile_rows=tr, tile_groups=tg, **kw), codes, cb, sc
+
+
+def test_metadata_and_round_trip_of_codes():
+    layer, codes, cb, sc = _layer()
+    assert (layer.in_features, layer.out_features, layer.d, layer.M, layer.K, layer.bits) == (40, 24, 4, 2, 16, 4)
+    assert (layer.tile_rows, layer.tile_groups) == (8, 3)
+    assert layer.codes.dtype == torch.int32 and layer.codes.shape == (24, (10 * 2 * 4 + 31) // 32)
+    assert torch.equal(layer.unpacked_codes(), codes)
+    assert torch.equal(layer.to_dense(), reference.dequantize(codes, cb, sc, 8, 3))
+
+
+@pytest.mark.parametrize("shape", [(1, 40), (5, 40), (2, 3, 40), (40,), (0, 40)])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_forward_equals_dense_linear(shape, backend):
+    layer, *_ = _layer(backend=backend)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    y = layer(x)
+    want = F.linear(x.double(), layer.to_dense().double(), layer.bias.double())
+    assert y.shape == (*shape[:-1], 24) and y.dtype == x.dtype
+    torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_no_grad_and_bias_free():
+    layer, *_ = _layer(bias=False)
+    assert layer.bias is None
+    x = torch.randn(3, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ layer.to_dense().T, rtol=1e-5, atol=1e-5)
+
+
+def test_construction_validates():
+    _, codes, cb, sc = _layer()
+    with pytest.raises(ValueError, match="out of range"):
+        bad = codes.clone()
+        bad[3, 2, 1] = 16
+        VQLinear.from_codes(bad, cb, sc, tile_rows=8, tile_groups=3, bits=5)
+    with pytest.raises(ValueError, match="codebooks must have shape"):
+        VQLinear.from_codes(codes, cb[:1], sc, tile_rows=8, tile_groups=3)
+    with pytest.raises(ValueError, match="scales"):
+        VQLinear.from_codes(codes, cb, sc[:5], tile_rows=8, tile_groups=3)
+    with pytest.raises(ValueError, match="bias"):
+        VQLinear.from_codes(codes, cb, sc, torch.zeros(3), tile_rows=8, tile_groups=3)
+    with pytest.raises(TypeError, match="integer"):
+        VQLinear.from_codes(codes.float(), cb, sc, tile_rows=8, tile_groups=3)
+    with pytest.raises(ValueError, match="do not fit"):
+        VQLinear.from_codes(codes, cb, sc, tile_rows=8, tile_groups=3, bits=3)
+    with pytest.raises(ValueError, match="multiple of d"):
+        VQLinear(42, 8, d=4, K=16)
+
+
+def test_safetensors_round_trip_exact(tmp_path):
+    layer, *_ = _layer(bits=5)  # K=16 in 5 bits: loading also re-checks the code range
+    path = tmp_path / "layer.safetensors"
+    save_file(layer.state_dict(), str(path))
+    state = load_file(str(path))
+    assert set(state) == {"codes", "codebooks", "scales", "bias"}
+    cfg = layer.config()
+    fresh = VQLinear(**cfg)
+    fresh.load_state_dict(state)
+    for k, v in layer.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    x = torch.randn(2, 40)
+    assert torch.equal(fresh(x), layer(x))
+    # a corrupted file is caught on load, before any forward
+    state["codes"][0, 0] = -1  # every 5-bit field becomes 31 >= K
+    with pytest.raises(ValueError, match="out of range"):
+        VQLinear(**cfg).load_state_dict(state)
+
+
+def test_half_codebooks_with_float32_scales():
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, 256, (16, 4, 1), generator=g)
+    cb = torch.randn(1, 1, 1, 256, 8, generator=g).half()
+    sc = torch.rand(16, generator=g)
+    layer = VQLinear.from_codes(codes, cb, sc)
+    assert layer.codebooks.dtype == torch.float16 and layer.scales.dtype == torch.float32
+    x = torch.randn(3, 32, generator=g)
+    torch.testing.assert_close(layer(x).double(), reference.vq_linear(x.double(), codes, cb.double(), sc.double()), rtol=1e-5, atol=1e-5)
+
+
+def test_from_dense_approximates_and_more_codewords_help():
+    g = torch.Generator().manual_seed(6)
+    lin = torch.nn.Linear(32, 48, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 32, generator=g))
+    errs = []
+    for K, M in [(4, 1), (64, 1), (64, 2)]:
+        q = VQLinear.from_dense(lin, d=4, K=K, M=M, tile_rows=24, niter=8)
+        assert torch.equal(q.bias, lin.bias.detach())
+        errs.append(float((q.to_dense() - lin.weight.detach()).pow(2).mean() / lin.weight.detach().pow(2).mean()))
+    assert errs[0] > errs[1] > errs[2]
+    assert errs[1] < 0.5  # 64 codewords for 4-d Gaussian vectors: far better than nothing
+
+
+def test_torch_compile():
+    layer, *_ = _layer()
+    layer.prepare_cpu()
+    x = torch.randn(3, 40)
+    want = layer(x)
+    try:
+        compiled = torch.compile(layer, fullgraph=True)
+        got = compiled(x)
+    except Exception as e:  # noqa: BLE001 - only a missing compiler toolchain is a skip
+        if "compiler" in str(e).lower() and "cxx" in str(e).lower():
+            pytest.skip(f"torch.compile unavailable: {e}")
+        raise
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,314 @@
+"""``VQLinear``: a Linear layer whose weight is stored as VQ codes (docs/formats.md layout).
+
+Buffers (all plain tensors, so ``state_dict()`` round-trips through safetensors):
+
+=============  ============================  =============================================
+name           shape                         dtype
+=============  ============================  =============================================
+codes          (out, words_per_row)          int32, bit-packed (docs/formats.md)
+codebooks      (R_t, C_t, M, K, d)           float16 / bfloat16 / float32
+scales         (out,)                        float
+bias           (out,) (only if bias=True)    float
+=============  ============================  =============================================
+
+Static metadata (``config()``): in_features, out_features, d, M, K, bits, tile_rows,
+tile_groups, bias. ``VQLinear(**config)`` builds an empty layer of the right shapes that
+``load_state_dict`` fills.
+
+The forward pass goes through :mod:`vq_kernels.ops` (Triton on CUDA, the CPU LUT path on CPU,
+the pure-torch reference otherwise). On CPU the layer caches the unpacked code indices the
+first time it runs (``cpu_cache=True``, see :mod:`vq_kernels.cpu` for the memory cost).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from vq_kernels import cpu, ops, reference
+from vq_kernels.layout import VQLayout, check_input
+from vq_kernels.packing import pack_codes, unpack_codes
+
+__all__ = ["VQLinear"]
+
+log = logging.getLogger(__name__)
+
+_BACKENDS = ("auto", "reference")
+
+
+class VQLinear(nn.Module):
+    """Linear layer ``y = x @ W.T + bias`` with ``W`` decoded from VQ codes.
+
+    Args:
+        in_features, out_features: the dense weight is ``(out_features, in_features)``.
+        d: vector length (``in_features % d == 0``).
+        K: codewords per codebook; M: number of additive codebooks.
+        bits: packed code width (default ``ceil(log2 K)``).
+        tile_rows, tile_groups: codebook tiling (default: one global codebook).
+        bias: whether the layer has a bias buffer.
+        dtype: codebook and bias dtype; scale_dtype: scales dtype (default ``dtype``; float32 is
+            allowed with half codebooks); device: where buffers live.
+        backend: ``"auto"`` (fast kernels by device) or ``"reference"`` (pure torch).
+        cpu_cache: on CPU, keep unpacked code indices after the first call (faster, more memory).
+    """
+
+    codes: Tensor
+    codebooks: Tensor
+    scales: Tensor
+    bias: Tensor | None
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        d: int,
+        K: int,
+        M: int = 1,
+        bits: int | None = None,
+        tile_rows: int | None = None,
+        tile_groups: int | None = None,
+        bias: bool = False,
+        dtype: torch.dtype = torch.float32,
+        scale_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        backend: str = "auto",
+        cpu_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+        if isinstance(d, int) and d >= 1 and isinstance(in_features, int) and in_features % d:
+            raise ValueError(f"in_features={in_features} is not a multiple of d={d}")
+        n_groups = in_features // d if isinstance(d, int) and d >= 1 else 0
+        self.layout = VQLayout(
+            out_features=out_features,
+            in_features=in_features,
+            d=d,
+            M=M,
+            K=K,
+            bits=max(1, (K - 1).bit_length()) if bits is None else bits,
+            tile_rows=out_features if tile_rows is None else tile_rows,
+            tile_groups=n_groups if tile_groups is None else tile_groups,
+        )
+        lay = self.layout
+        self.backend = backend
+        self.cpu_cache = cpu_cache
+        self.register_buffer("codes", torch.zeros(out_features, lay.words_per_row, dtype=torch.int32, device=device))
+        self.register_buffer("codebooks", torch.zeros(lay.codebook_shape, dtype=dtype, device=device))
+        self.register_buffer("scales", torch.ones(out_features, dtype=scale_dtype or dtype, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+        # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
+        self.register_buffer("_cpu_index", None, persistent=False)
+        self.register_load_state_dict_post_hook(VQLinear._after_load)
+
+    # -- metadata --------------------------------------------------------------------------
+    @property
+    def in_features(self) -> int:
+        return self.layout.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layout.out_features
+
+    @property
+    def d(self) -> int:
+        return self.layout.d
+
+    @property
+    def M(self) -> int:  # noqa: N802 (the paper's name)
+        return self.layout.M
+
+    @property
+    def K(self) -> int:  # noqa: N802
+        return self.layout.K
+
+    @property
+    def bits(self) -> int:
+        return self.layout.bits
+
+    @property
+    def tile_rows(self) -> int:
+        return self.layout.tile_rows
+
+    @property
+    def tile_groups(self) -> int:
+        return self.layout.tile_groups
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``VQLinear(**config(), dtype=...)`` rebuilds the shapes."""
+        return {**self.layout.config(), "bias": self.bias is not None}
+
+    def extra_repr(self) -> str:
+        lay = self.layout
+        return (
+            f"in_features={lay.in_features}, out_features={lay.out_features}, d={lay.d}, M={lay.M}, "
+            f"K={lay.K}, bits={lay.bits}, tiles=({lay.tile_rows}, {lay.tile_groups}), "
+            f"bits_per_weight={lay.bits_per_weight:g}, bias={self.bias is not None}"
+        )
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_codes(
+        cls,
+        codes: Tensor,
+        codebooks: Tensor,
+        scales: Tensor,
+        bias: Tensor | None = None,
+        *,
+        tile_rows: int | None = None,
+        tile_groups: int | None = None,
+        bits: int | None = None,
+        **kwargs: Any,
+    ) -> "VQLinear":
+        """Build from logical codes (out, n_groups, M) int, codebooks (R_t, C_t, M, K, d), scales (out,).
+
+        Everything is validated (shapes, dtypes, codes in ``[0, K)``) before the codes are packed.
+        """
+        if not isinstance(codes, Tensor) or codes.dim() != 3:
+            got = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
+            raise ValueError(f"codes must be logical codes of shape (out, n_groups, M), got {got}")
+        lay = VQLayout.infer(codes, codebooks, bits=bits, tile_rows=tile_rows, tile_groups=tile_groups)
+        lay.check_logical_codes(codes)
+        lay.check_codebooks(codebooks, scales)
+        if bias is not None:
+            if not isinstance(bias, Tensor) or not bias.dtype.is_floating_point:
+                raise TypeError("bias must be a float tensor or None")
+            if tuple(bias.shape) != (lay.out_features,):
+                raise ValueError(f"bias must have shape ({lay.out_features},), got {tuple(bias.shape)}")
+        layer = cls(
+            lay.in_features,
+            lay.out_features,
+            d=lay.d,
+            K=lay.K,
+            M=lay.M,
+            bits=lay.bits,
+            tile_rows=lay.tile_rows,
+            tile_groups=lay.tile_groups,
+            bias=bias is not None,
+            dtype=codebooks.dtype,
+            scale_dtype=scales.dtype,
+            device=codebooks.device,
+            **kwargs,
+        )
+        layer.codes.copy_(pack_codes(codes.to(codebooks.device), lay.bits))
+        layer.codebooks.copy_(codebooks)
+        layer.scales.copy_(scales)
+        if bias is not None:
+            layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_dense(
+        cls,
+        linear: nn.Linear,
+        *,
+        d: int = 8,
+        K: int = 256,
+        M: int = 1,
+        tile_rows: int | None = None,
+        tile_groups: int | None = None,
+        niter: int = 10,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        **kwargs: Any,
+    ) -> "VQLinear":
+        """Quantize a dense Linear with plain (residual) k-means — a simple baseline.
+
+        Rows are normalised by their RMS (kept as ``scales``); each codebook tile is fitted with
+        :class:`vq.codebook.KMeans` on its ``d``-vectors, and for ``M > 1`` every further codebook
+        is fitted on the residual of the previous ones (decode = sum, as the layout requires).
+        Hessian-aware solvers (GPTVQ / VPTQ / AQLM) live in ``vq.weights``.
+        """
+        from vq.codebook import KMeans
+
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach().float().cpu()  # (out, in)
+        out, inp = w.shape
+        if inp % d:
+            raise ValueError(f"in_features={inp} is not a multiple of d={d}")
+        n_groups = inp // d
+        tr = out if tile_rows is None else tile_rows
+        tg = n_groups if tile_groups is None else tile_groups
+        scales = w.pow(2).mean(1).sqrt().clamp_min(torch.finfo(torch.float32).tiny)  # (out,)
+        vecs = rearrange(w / scales[:, None], "o (g d) -> o g d", d=d)  # (out, n_groups, d)
+        r_t, c_t = -(-out // tr), -(-n_groups // tg)
+        codebooks = torch.zeros(r_t, c_t, M, K, d)
+        codes = torch.zeros(out, n_groups, M, dtype=torch.int64)
+        for i in range(r_t):
+            for j in range(c_t):
+                rows, grps = slice(i * tr, (i + 1) * tr), slice(j * tg, (j + 1) * tg)
+                block = vecs[rows, grps]  # (tr, tg, d)
+                resid = block.reshape(-1, d).clone()  # (tr*tg, d)
+                for m in range(M):
+                    k = min(K, resid.shape[0])
+                    km = KMeans(k, niter=niter, seed=seed + m).fit(resid)
+                    c = km.encode(resid)[:, 0]  # (n,)
+                    codebooks[i, j, m, :k] = km.centroids.float().cpu()
+                    codes[rows, grps, m] = c.reshape(block.shape[:2])
+                    resid -= km.centroids.float().cpu()[c]
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        layer = cls.from_codes(
+            codes, codebooks.to(dtype), scales.to(dtype), bias, tile_rows=tr, tile_groups=tg, **kwargs
+        )
+        return layer.to(linear.weight.device)
+
+    # -- decode ----------------------------------------------------------------------------
+    def unpacked_codes(self) -> Tensor:
+        """(out, n_groups, M) int64 logical codes."""
+        lay = self.layout
+        return unpack_codes(self.codes, lay.bits, lay.n_groups, lay.M)
+
+    def to_dense(self) -> Tensor:
+        """(out, in) dense weight in the codebooks' dtype (bias not included)."""
+        lay = self.layout
+        if self.backend == "reference":
+            return reference.dequantize(self.unpacked_codes(), self.codebooks, self.scales, lay.tile_rows, lay.tile_groups)
+        return ops.dequantize(self.codes, self.codebooks, self.scales, lay.in_features, lay.bits, lay.tile_rows, lay.tile_groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., in_features) -> (..., out_features) in x's dtype."""
+        lay = self.layout
+        if self.backend == "reference":
+            check_input(x, lay)
+            y = reference.vq_linear(x, self.unpacked_codes(), self.codebooks, self.scales, lay.tile_rows, lay.tile_groups)
+        else:
+            if (
+                self.cpu_cache
+                and self._cpu_index is None
+                and x.device.type == "cpu"
+                and not torch.compiler.is_compiling()
+            ):
+                self.prepare_cpu()
+            index = self._cpu_index if x.device.type == "cpu" else None
+            y = ops.vq_linear(x, self.codes, self.codebooks, self.scales, lay, index=index)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
+
+    # -- state -----------------------------------------------------------------------------
+    def prepare_cpu(self) -> None:
+        """Unpack the codes once into the index the CPU kernels read (uint8 for K <= 256, else
+        int16: ``out * n_groups * M`` bytes or twice that). Called by the first eager CPU
+        forward; call it yourself before ``torch.compile`` so the compiled graph uses it."""
+        if self.codes.device.type != "cpu":
+            raise ValueError(f"prepare_cpu needs the layer on the CPU, it is on {self.codes.device}")
+        self._cpu_index = cpu.prepare(self.codes, self.layout)
+
+    def _apply(self, fn, recurse=True):  # .to(device) / .half(): drop the derived index
+        self._cpu_index = None
+        return super()._apply(fn, recurse)
+
+    @staticmethod
+    def _after_load(module: "VQLinear", incompatible: Any) -> None:
+        module._cpu_index = None
+        lay = module.layout
+        lay.check_packed_codes(module.codes)
+        lay.check_codebooks(module.codebooks, module.scales)
