@@ -1,0 +1,161 @@
+"""Product (grouped) VQ: split each d-vector into ``groups`` contiguous sub-vectors and
+quantize each with its own k-means codebook (Jégou et al., "Product quantization for nearest
+neighbor search", 2011).
+
+A vector ``x`` (d,) becomes ``groups`` codes; ``decode`` concatenates the chosen sub-centroids::
+
+    x[g*ds:(g+1)*ds] ~ codebooks[g, codes[g]],   ds = d // groups
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vq.codebook.kmeans import KMeans, assign
+from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+
+__all__ = ["ProductVQ", "ProductVQConfig"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "faiss", "torch")
+
+
+def require_int(name: str, value: Any, minimum: int) -> None:
+    """Raise a clear error unless ``value`` is an int (not bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def require_backend(backend: Any) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def require_k_le_n(k: int, n: int) -> None:
+    """k-means needs at least k training vectors."""
+    if k > n:
+        raise ValueError(f"k = {k} codewords need at least {k} training vectors, got n = {n}")
+
+
+@dataclass(frozen=True)
+class ProductVQConfig:
+    """Constructor arguments of :class:`ProductVQ` (validated on creation)."""
+
+    dim: int
+    groups: int
+    k: int
+    niter: int = 20
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        require_int("dim", self.dim, 1)
+        require_int("groups", self.groups, 1)
+        require_int("k", self.k, 1)
+        require_int("niter", self.niter, 0)
+        require_int("seed", self.seed, 0)
+        require_backend(self.backend)
+        if self.dim % self.groups:
+            raise ValueError(f"dim = {self.dim} is not divisible by groups = {self.groups}")
+
+
+@register_codec
+class ProductVQ(Codec):
+    """Product quantizer: ``groups`` independent k-means codebooks over contiguous sub-vectors.
+
+    Args:
+        dim: vector length d (divisible by ``groups``).
+        groups: number of sub-vectors / codebooks.
+        k: codewords per codebook.
+        niter, seed, backend: passed to each group's :class:`~vq.codebook.KMeans`
+            (group ``g`` uses seed ``seed + g``).
+
+    State: ``codebooks`` (groups, k, d // groups) float32. Codes: (n, groups) int64.
+    """
+
+    def __init__(self, dim: int, groups: int, k: int, niter: int = 20, seed: int = 0, backend: str = "auto"):
+        self.cfg = ProductVQConfig(dim, groups, k, niter, seed, backend)
+        self.dim = dim
+        self.codebooks: Tensor | None = None
+
+    @property
+    def sub_dim(self) -> int:
+        return self.cfg.dim // self.cfg.groups
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.codebooks is not None
+
+    def fit(self, x: Tensor, weights: Tensor | None = None) -> "ProductVQ":
+        """Fit one k-means per group. ``x`` (n, d) float; ``weights`` None, (n,) or (n, d) >= 0."""
+        x = check_vectors(x, self.dim)
+        w = check_weights(weights, x)
+        require_k_le_n(self.cfg.k, x.shape[0])
+        ds, books = self.sub_dim, []
+        for g in range(self.cfg.groups):
+            cols = slice(g * ds, (g + 1) * ds)
+            wg = None if w is None else (w if w.dim() == 1 else w[:, cols])  # (n,) or (n, ds)
+            km = KMeans(self.cfg.k, niter=self.cfg.niter, backend=self.cfg.backend, seed=self.cfg.seed + g)
+            books.append(km.fit(x[:, cols], weights=wg).centroids.float())
+            log.debug("ProductVQ group %d/%d fitted, inertia %.4g", g + 1, self.cfg.groups, km.inertia)
+        self.codebooks = torch.stack(books)  # (groups, k, ds)
+        return self
+
+    def encode(self, x: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Nearest sub-centroid per group. ``x`` (n, d) -> codes (n, groups) int64.
+
+        ``weights`` (n, d) (optional) makes the search per-coordinate weighted."""
+        self._require_fitted()
+        x = check_vectors(x, self.dim)
+        w = check_weights(weights, x)
+        if w is not None and w.dim() == 1:
+            w = None  # a per-sample weight does not change the nearest centroid
+        ds, books = self.sub_dim, self.codebooks.to(x.device)
+        cols = [slice(g * ds, (g + 1) * ds) for g in range(self.cfg.groups)]
+        codes = [assign(x[:, c].float(), books[g], None if w is None else w[:, c].float())[0] for g, c in enumerate(cols)]
+        return torch.stack(codes, dim=1)  # (n, groups)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (n, groups) int -> (n, d) float32."""
+        self._require_fitted()
+        codes = check_codes(codes, self.cfg.groups, self.cfg.k)
+        books = self.codebooks.to(codes.device)
+        g = torch.arange(self.cfg.groups, device=codes.device)
+        return books[g, codes].reshape(codes.shape[0], self.dim)  # (n, groups, ds) -> (n, d)
+
+    def bits_per_vector(self) -> float:
+        return self.cfg.groups * math.log2(self.cfg.k)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._require_fitted()
+        return {"codebooks": self.codebooks}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> "ProductVQ":
+        self.codebooks = load_codebooks(self, state, (self.cfg.groups, self.cfg.k, self.sub_dim))
+        return self
+
+
+def load_codebooks(codec: Codec, state: dict[str, Tensor], shape: tuple[int, ...]) -> Tensor:
+    """Shared ``load_state_dict`` body: exactly one float tensor ``codebooks`` of ``shape``."""
+    name = type(codec).__name__
+    if set(state) != {"codebooks"}:
+        raise ValueError(f"{name} state must hold exactly 'codebooks', got {sorted(state)}")
+    books = state["codebooks"]
+    if not isinstance(books, Tensor) or not books.dtype.is_floating_point:
+        raise TypeError(f"{name} codebooks must be a floating-point tensor")
+    if tuple(books.shape) != shape:
+        raise ValueError(f"{name} codebooks must have shape {shape}, got {tuple(books.shape)}")
+    if not bool(torch.isfinite(books).all()):
+        raise ValueError(f"{name} codebooks contain NaN or Inf")
+    return books.clone()

@@ -1,0 +1,199 @@
+"""Residual VQ (Juang & Gray 1982; Chen et al., "Approximate nearest neighbor search by
+residual vector quantization", 2010): ``stages`` codebooks applied in sequence, each one
+quantizing what the previous stages left over::
+
+    x ~ sum_s codebooks[s, codes[s]]
+
+Fit is stage-wise k-means on the residuals. Encoding is greedy (``beam=1``: nearest codeword
+per stage) or beam search: keep the ``beam`` best partial reconstructions of every vector,
+extend each by all k codewords of the next stage, keep the ``beam`` lowest squared errors.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vq.codebook.kmeans import KMeans, assign
+from vq.codebook.product import load_codebooks, require_backend, require_int, require_k_le_n
+from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+
+__all__ = ["ResidualVQ", "ResidualVQConfig", "residual_beam_search"]
+
+log = logging.getLogger(__name__)
+
+#: memory budget for one chunk of the beam search's (chunk, beam, k) score tensors
+CHUNK_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ResidualVQConfig:
+    """Constructor arguments of :class:`ResidualVQ` (validated on creation)."""
+
+    dim: int
+    stages: int
+    k: int
+    niter: int = 20
+    beam: int = 1
+    seed: int = 0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        require_int("dim", self.dim, 1)
+        require_int("stages", self.stages, 1)
+        require_int("k", self.k, 1)
+        require_int("niter", self.niter, 0)
+        require_int("beam", self.beam, 1)
+        require_int("seed", self.seed, 0)
+        require_backend(self.backend)
+
+
+def _weighted_sq(r: Tensor, w: Tensor | None) -> Tensor:
+    """sum_j w_j r_j^2 over the last axis (w broadcast against r; None = all ones)."""
+    return (r * r).sum(-1) if w is None else (w * r * r).sum(-1)
+
+
+def _search_chunk(x: Tensor, books: Tensor, beam: int, w: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Beam search for one chunk. x (c, d) float32, books (S, k, d), w (c, d) or None.
+
+    Returns codes (c, S) int64 and exact (weighted) squared errors (c,) float32."""
+    c, d = x.shape
+    S, k, _ = books.shape
+    wb = None if w is None else w[:, None, :]  # (c, 1, d), broadcasts over the beam
+    r = x[:, None, :]  # (c, b, d) residuals of the b live partial reconstructions, b = 1 at first
+    err = _weighted_sq(r, wb)  # (c, b)
+    codes = torch.empty(c, 1, 0, dtype=torch.long, device=x.device)  # (c, b, s)
+    for s in range(S):
+        C = books[s]  # (k, d)
+        if w is None:
+            # ||r - C_j||^2 = ||r||^2 - 2 r.C_j + ||C_j||^2
+            dist = err[..., None] - 2 * (r @ C.T) + (C * C).sum(1)  # (c, b, k)
+        else:
+            dist = err[..., None] - 2 * ((r * wb) @ C.T) + (w @ (C * C).T)[:, None, :]  # (c, b, k)
+        b = dist.shape[1]
+        _, idx = dist.reshape(c, b * k).topk(min(beam, b * k), dim=1, largest=False)  # (c, b')
+        src, j = idx // k, idx % k  # parent beam and codeword of each survivor
+        r = r.gather(1, src[..., None].expand(-1, -1, d)) - C[j]  # (c, b', d)
+        codes = torch.cat([codes.gather(1, src[..., None].expand(-1, -1, s)), j[..., None]], dim=2)
+        err = _weighted_sq(r, wb)  # exact error of each survivor, no drift from the expansion
+    err, best = err.min(dim=1)  # (c,)
+    return codes[torch.arange(c, device=x.device), best], err
+
+
+def residual_beam_search(
+    x: Tensor, books: Tensor, beam: int = 1, weights: Tensor | None = None, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[Tensor, Tensor]:
+    """Encode ``x`` (n, d) against residual codebooks ``books`` (S, k, d) by beam search.
+
+    ``beam=1`` is greedy. For ``beam > 1`` the greedy path is searched as well and kept for any
+    vector where it happens to beat the beam, so the result is never worse than greedy.
+    ``weights`` (n, d) makes the error per-coordinate weighted. Processed in chunks of n so the
+    (chunk, beam, k) score tensor stays within ``chunk_bytes``.
+
+    Returns codes (n, S) int64 and squared errors (n,) float32.
+    """
+    n, d = x.shape
+    S, k, _ = books.shape
+    x, books = x.float(), books.to(device=x.device, dtype=torch.float32)
+    w = None if weights is None else weights.float()
+    per_row = 4 * (3 * beam * k + 4 * beam * d + k + 8 * beam * S)  # bytes per vector, roughly
+    chunk = max(1, chunk_bytes // per_row)
+    codes = torch.empty(n, S, dtype=torch.long, device=x.device)
+    err = torch.empty(n, dtype=torch.float32, device=x.device)
+    for lo in range(0, n, chunk):
+        xc, wc = x[lo : lo + chunk], None if w is None else w[lo : lo + chunk]
+        cc, ec = _search_chunk(xc, books, 1, wc)
+        if beam > 1:
+            cb, eb = _search_chunk(xc, books, beam, wc)
+            better = eb < ec
+            cc, ec = torch.where(better[:, None], cb, cc), torch.where(better, eb, ec)
+        codes[lo : lo + chunk], err[lo : lo + chunk] = cc, ec
+    return codes, err
+
+
+@register_codec
+class ResidualVQ(Codec):
+    """Residual VQ with stage-wise k-means fit and greedy or beam-search encoding.
+
+    Args:
+        dim: vector length d.
+        stages: number of codebooks S.
+        k: codewords per stage.
+        niter, seed, backend: passed to each stage's :class:`~vq.codebook.KMeans`
+            (stage ``s`` uses seed ``seed + s``).
+        beam: default beam width of :meth:`encode` (1 = greedy).
+
+    State: ``codebooks`` (S, k, d) float32. Codes: (n, S) int64.
+    """
+
+    def __init__(
+        self, dim: int, stages: int, k: int, niter: int = 20, beam: int = 1, seed: int = 0, backend: str = "auto"
+    ):
+        self.cfg = ResidualVQConfig(dim, stages, k, niter, beam, seed, backend)
+        self.dim = dim
+        self.codebooks: Tensor | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.codebooks is not None
+
+    def fit(self, x: Tensor, weights: Tensor | None = None) -> "ResidualVQ":
+        """Stage-wise k-means on residuals. ``x`` (n, d) float; ``weights`` None, (n,) or (n, d).
+
+        Residuals passed to the next stage come from greedy (weighted) assignment."""
+        x = check_vectors(x, self.dim)
+        w = check_weights(weights, x)
+        require_k_le_n(self.cfg.k, x.shape[0])
+        w_coord = None if w is None or w.dim() == 1 else w.float()  # only (n, d) weights move the argmin
+        r, books = x.float().clone(), []
+        for s in range(self.cfg.stages):
+            km = KMeans(self.cfg.k, niter=self.cfg.niter, backend=self.cfg.backend, seed=self.cfg.seed + s)
+            C = km.fit(r, weights=w).centroids.float().to(r.device)  # (k, d)
+            idx, _ = assign(r, C, w_coord)
+            r -= C[idx]
+            books.append(C)
+            log.debug("ResidualVQ stage %d/%d: residual energy %.4g", s + 1, self.cfg.stages, float((r * r).mean()))
+        self.codebooks = torch.stack(books)  # (S, k, d)
+        return self
+
+    def encode(self, x: Tensor, beam: int | None = None, weights: Tensor | None = None) -> Tensor:
+        """``x`` (n, d) -> codes (n, S) int64 by beam search (``beam`` defaults to the config's).
+
+        ``weights`` (n, d) (optional) weights the squared error per coordinate."""
+        self._require_fitted()
+        beam = self.cfg.beam if beam is None else beam
+        require_int("beam", beam, 1)
+        x = check_vectors(x, self.dim)
+        w = check_weights(weights, x)
+        w = None if w is None or w.dim() == 1 else w  # a per-sample weight does not change the argmin
+        return residual_beam_search(x, self.codebooks, beam, w)[0]
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (n, S) int -> (n, d) float32, the sum of the chosen codewords."""
+        self._require_fitted()
+        codes = check_codes(codes, self.cfg.stages, self.cfg.k)
+        return sum_codewords(self.codebooks.to(codes.device), codes)
+
+    def bits_per_vector(self) -> float:
+        return self.cfg.stages * math.log2(self.cfg.k)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._require_fitted()
+        return {"codebooks": self.codebooks}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> "ResidualVQ":
+        self.codebooks = load_codebooks(self, state, (self.cfg.stages, self.cfg.k, self.dim))
+        return self
+
+
+def sum_codewords(books: Tensor, codes: Tensor) -> Tensor:
+    """books (M, k, d), codes (n, M) int64 -> sum_m books[m, codes[:, m]]  (n, d)."""
+    m = torch.arange(books.shape[0], device=codes.device)
+    return books[m, codes].sum(dim=1)  # (n, M, d) -> (n, d)
