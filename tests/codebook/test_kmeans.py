@@ -3,9 +3,20 @@ import math
 import pytest
 import torch
 
-from vq.codebook import KMeans, assign, load_codec, save_codec
+from vq.codebook import KMeans, _native, assign, load_codec, save_codec
 
 faiss = pytest.importorskip("faiss")
+
+
+@pytest.fixture(params=["native", "chunked"])
+def path(request, monkeypatch):
+    """Run a test on both CPU search paths: the fused native kernel and pure-torch chunks."""
+    if request.param == "native":
+        if not _native.available():
+            pytest.skip("no C compiler: native kernel unavailable")
+    else:
+        monkeypatch.setattr(_native, "nearest", lambda *a, **k: None)
+    return request.param
 
 
 def _mixture(n=6000, d=8, centers=40, seed=0):
@@ -20,7 +31,7 @@ def _mse(x, c):
 
 
 @pytest.mark.parametrize("n,d,k", [(5000, 4, 64), (3000, 16, 100), (777, 3, 17)])
-def test_assign_matches_brute_force_and_faiss(n, d, k):
+def test_assign_matches_brute_force_and_faiss(n, d, k, path):
     g = torch.Generator().manual_seed(n)
     x, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
     idx, dist = assign(x, c, chunk_bytes=4096)  # tiny chunks exercise the loop
@@ -35,7 +46,7 @@ def test_assign_matches_brute_force_and_faiss(n, d, k):
     assert (idx.numpy() == fi[:, 0]).mean() > 0.999
 
 
-def test_assign_per_coordinate_weights_brute_force():
+def test_assign_per_coordinate_weights_brute_force(path):
     g = torch.Generator().manual_seed(1)
     x, c, w = torch.randn(500, 6, generator=g), torch.randn(33, 6, generator=g), torch.rand(500, 6, generator=g)
     idx, dist = assign(x, c, weights=w)
@@ -45,7 +56,7 @@ def test_assign_per_coordinate_weights_brute_force():
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_kmeans_mse_within_one_percent_of_faiss(backend):
+def test_kmeans_mse_within_one_percent_of_faiss(backend, path):
     x = _mixture()
     k = 64
     ours = KMeans(k, niter=20, backend=backend, init="k-means++", seed=0).fit(x)
@@ -66,7 +77,7 @@ def test_lloyd_objective_monotone_and_seeded_determinism():
 
 
 @pytest.mark.parametrize("kind", ["rows", "coords"])
-def test_weighted_kmeans_beats_unweighted_on_weighted_objective(kind):
+def test_weighted_kmeans_beats_unweighted_on_weighted_objective(kind, path):
     x = _mixture(n=4000, d=4, centers=60, seed=5)
     g = torch.Generator().manual_seed(5)
     w = torch.rand(len(x), generator=g) ** 4 if kind == "rows" else torch.rand(len(x), 4, generator=g) ** 4
@@ -102,7 +113,7 @@ def test_encode_decode_and_save_load_roundtrip(tmp_path):
     assert torch.equal(back.encode(x), codes)
 
 
-def test_chunked_memory_bound_any_n():
+def test_chunked_memory_bound_any_n(path):
     # n * k * 4 bytes would be 400 MB unchunked; a 1 MiB budget must give identical codes
     g = torch.Generator().manual_seed(0)
     x, c = torch.randn(100_000, 4, generator=g), torch.randn(1000, 4, generator=g)
@@ -144,3 +155,24 @@ def test_bad_types_and_codes():
         km.decode(torch.tensor([[1.0]]))
     with pytest.raises(RuntimeError, match="not fitted"):
         KMeans(4).encode(torch.randn(5, 3))
+
+
+def test_native_and_chunked_paths_agree():
+    if not _native.available():
+        pytest.skip("no C compiler: native kernel unavailable")
+    g = torch.Generator().manual_seed(2)
+    for n, d, k in [(1, 1, 1), (7, 5, 3), (1000, 8, 17), (513, 70, 300)]:  # tails of every tile
+        x, c, w = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g), torch.rand(n, d, generator=g)
+        for weights in (None, w):
+            ni, nd = _native.nearest(x, c, weights)
+            ref = ((x.double()[:, None] - c.double()[None]) ** 2 * (1 if weights is None else weights.double()[:, None])).sum(-1)
+            assert torch.allclose(ref.gather(1, ni[:, None])[:, 0], ref.min(1).values, rtol=1e-5, atol=1e-5)
+            assert torch.allclose(nd.double(), ref.min(1).values, rtol=1e-4, atol=1e-4)
+
+
+def test_native_ties_pick_smallest_index():
+    if not _native.available():
+        pytest.skip("no C compiler: native kernel unavailable")
+    c = torch.zeros(40, 3)  # all centroids identical: argmin must be 0, like torch.argmin
+    idx, _ = _native.nearest(torch.randn(10, 3), c)
+    assert torch.equal(idx, torch.zeros(10, dtype=torch.int64))

@@ -11,8 +11,10 @@ which is the exact minimiser of the objective for fixed assignments.
 
 Backends: ``faiss`` (CPU or GPU build, unweighted or per-sample weights) and ``torch`` (any
 device, all weightings). ``auto`` picks faiss when it is installed, the data is on the CPU and
-the weights are not per-coordinate; torch otherwise. Distances are computed in chunks whose
-``rows x k`` block stays under ``chunk_bytes``, so memory is bounded for any ``n``.
+the weights are not per-coordinate; torch otherwise. On the CPU the nearest-centroid search
+runs a fused distance+argmin kernel (``vq/codebook/_native.py``) when a C compiler is present;
+otherwise (and on GPU) distances are computed in chunks whose ``rows x k`` block stays under
+``chunk_bytes``. Either way memory is bounded for any ``n``.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vq.codebook import _native
 from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
 
 __all__ = ["KMeans", "assign", "kmeans_plusplus"]
@@ -93,6 +96,10 @@ def assign(
     w_rows = w if (w is not None and w.dim() == 1) else None
     w_coord = w.float() if (w is not None and w.dim() == 2) else None
     n, k = x.shape[0], c.shape[0]
+    fused = _native.nearest(x32, c32, w_coord) if x.device.type == "cpu" else None
+    if fused is not None:  # fused distance+argmin kernel: no (rows, k) block at all
+        idx, dist = fused
+        return idx, (dist * w_rows.float() if w_rows is not None else dist)
     c_sq = (c32 * c32).sum(1)
     idx = torch.empty(n, dtype=torch.int64, device=x.device)
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
