@@ -212,6 +212,22 @@ def test_pvq_projection_properties():
     assert bool(((y == 0) | (torch.sign(y) == torch.sign(x)) | (x == 0)).all())
 
 
+@pytest.mark.parametrize("d,k", [(4, 5), (6, 4), (3, 9)])
+def test_pvq_projection_near_exhaustive_optimum(d, k):
+    # the best shape maximises the cosine to x; compare with an exhaustive search over all shapes
+    pv = PVQ(d, k)
+    allp = pv.index_to_point(torch.arange(pv.num_shapes)).double()
+    u = allp / allp.norm(dim=1, keepdim=True)
+    g = torch.Generator().manual_seed(d * 10 + k)
+    x = torch.randn(2000, d, generator=g, dtype=torch.float64)
+    xn = x / x.norm(dim=1, keepdim=True)
+    opt = (xn @ u.T).max(1).values
+    y = pv.project(x).double()
+    got = (xn * y / y.norm(dim=1, keepdim=True)).sum(1)
+    assert float((got >= opt - 1e-12).double().mean()) > 0.95  # optimal on most rows
+    assert float((1 - got**2).mean()) <= 1.02 * float((1 - opt**2).mean())
+
+
 def test_pvq_more_pulses_lower_error_and_codec_roundtrip(tmp_path):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3000, 8, generator=g)

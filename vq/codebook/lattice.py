@@ -43,8 +43,8 @@ Pyramid VQ (Fischer 1986): the shapes are the integer vectors ``y ∈ Z^d`` with
 + N(d-1, k-1)``. ``point_to_index`` / ``index_to_point`` are an exact bijection onto
 ``[0, N(d, K))`` (enumeration ordered by the first coordinate: 0, +1, -1, +2, -2, ...).
 A vector is coded as ``gain * y / |y|_2`` with codes ``(n, 2) = [shape index, gain index]``:
-the shape comes from projecting ``x`` onto the pyramid (scale ``x`` to L1 norm ``K``, round,
-then add/remove single pulses where the rounding was worst until the L1 norm is ``K``); the
+the shape comes from projecting ``x`` onto the pyramid (:meth:`PVQ.project`: the better of
+"round, then fix the L1 norm pulse by pulse" and the CELT/Opus-style greedy pulse search); the
 gain is the least-squares gain ``<x, y/|y|_2>`` quantized with ``gain_bits`` bits: index 0
 means gain 0, indices ``1 .. 2^gain_bits - 1`` are log-uniform between the gain range learned
 by ``fit``.
@@ -166,9 +166,10 @@ def _e8p_decode_unit(codes: Tensor) -> Tensor:
     return v + delta[:, None]
 
 
-@lru_cache(maxsize=1)
-def _e8p_table() -> Tensor:
-    return _e8p_decode_unit(torch.arange(_E8P_SIZE))
+@lru_cache(maxsize=4)
+def _e8p_table(device: torch.device = torch.device("cpu")) -> Tensor:
+    """All 65536 unit-scale points in code order, (65536, 8) float64, cached per device."""
+    return _e8p_decode_unit(torch.arange(_E8P_SIZE)).to(device)
 
 
 def e8p_codebook() -> Tensor:
@@ -280,7 +281,7 @@ class E8P(Codec):
         x_rms = float(((w * x * x).sum() / w.sum()).sqrt())
         scale = x_rms / cb_rms if x_rms > 0 else 1.0
         for _ in range(self.niter):
-            p = _e8p_table().to(x.device)[_e8p_encode_unit(x / scale)]  # (n, 8) unit points
+            p = _e8p_table(x.device)[_e8p_encode_unit(x / scale)]  # (n, 8) unit points
             den = float((w * p * p).sum())
             new = float((w * x * p).sum()) / den if den > 0 else scale
             if not new > 0:
@@ -298,7 +299,7 @@ class E8P(Codec):
 
     def decode(self, codes: Tensor) -> Tensor:
         codes = check_codes(codes, 1, _E8P_SIZE)
-        pts = _e8p_table().to(codes.device)[codes[:, 0]]  # (n, 8)
+        pts = _e8p_table(codes.device)[codes[:, 0]]  # (n, 8)
         return (pts * self.scale.double().to(codes.device)).float()
 
     def codebook(self) -> Tensor:
@@ -447,27 +448,52 @@ class PVQ(Codec):
         return y
 
     def project(self, x: Tensor) -> Tensor:
-        """Project x (n, dim) onto the pyramid: scale to L1 norm K, round, then fix the L1 norm
-        with single-pulse corrections where rounding erred most. Returns (n, dim) int64.
-        A zero row maps to ``K * e_0``; exact pyramid points map to themselves."""
+        """Project x (n, dim) onto the pyramid: the shape ``y`` (``|y|_1 = K``) whose direction
+        should best match x. Two candidates, the better (larger ``<|x|, |y|>^2 / |y|^2``) kept
+        per row:
+
+        * rounding: scale |x| to L1 norm K, round, then add/remove single pulses where the
+          rounding erred most (at most ``dim/2`` fixes, one per coordinate);
+        * greedy (as in CELT/Opus PVQ search): floor the scaled |x|, then add the missing pulses
+          one at a time where they raise the correlation ``<|x|, y> / |y|_2`` most.
+
+        Signs follow x (0 counts as +). A zero row maps to ``K * e_0``; exact pyramid points
+        (and their positive multiples) map to themselves. Returns (n, dim) int64.
+        """
         x = check_vectors(x, self.dim).double()
-        l1 = x.abs().sum(dim=1, keepdim=True)  # (n, 1)
+        ax = x.abs()
+        l1 = ax.sum(dim=1, keepdim=True)  # (n, 1)
         zero = l1[:, 0] == 0
-        t = self.K * x.abs() / torch.where(zero[:, None], torch.ones_like(l1), l1)  # target |y|
+        t = self.K * ax / torch.where(zero[:, None], torch.ones_like(l1), l1)  # target |y|
         t[zero, 0] = self.K
+        ax = torch.where(zero[:, None], t, ax)
+        rows = torch.arange(x.shape[0], device=x.device)
+        # candidate 1: round, then fix the L1 norm
         a = torch.round(t)
         deficit = (self.K - a.sum(dim=1)).long()  # (n,), |deficit| <= dim/2
         r = t - a  # > 0: rounded down; < 0: rounded up
-        # add one pulse to the `deficit` coordinates with the largest r (deficit > 0), or
-        # remove one from the `-deficit` coordinates with the smallest r (deficit < 0)
         order_up = torch.argsort(r, dim=1, descending=True)  # (n, dim)
         order_dn = torch.argsort(r, dim=1)
         rank = torch.arange(self.dim, device=x.device)[None, :]  # (1, dim)
-        add = torch.zeros_like(a).scatter_(1, order_up, (rank < deficit[:, None]).to(a.dtype))
-        sub = torch.zeros_like(a).scatter_(1, order_dn, (rank < (-deficit)[:, None]).to(a.dtype))
-        a = a + add - sub
-        sign = torch.where(x < 0, -1.0, 1.0).to(a.dtype)
-        return (a * sign).long()
+        a = a + torch.zeros_like(a).scatter_(1, order_up, (rank < deficit[:, None]).to(a.dtype))
+        a = a - torch.zeros_like(a).scatter_(1, order_dn, (rank < (-deficit)[:, None]).to(a.dtype))
+        # candidate 2: floor, then greedy pulses maximising (xy + |x_i|)^2 / (yy + 2 y_i + 1)
+        b = torch.floor(t)
+        missing = (self.K - b.sum(dim=1)).long()  # (n,), in [0, dim)
+        xy, yy = (ax * b).sum(dim=1), (b * b).sum(dim=1)
+        for _ in range(int(missing.max()) if missing.numel() else 0):
+            i = ((xy[:, None] + ax) ** 2 / (yy[:, None] + 2 * b + 1)).argmax(dim=1)  # (n,)
+            act = (missing > 0).to(b.dtype)
+            bi = b[rows, i]
+            xy, yy = xy + act * ax[rows, i], yy + act * (2 * bi + 1)
+            b[rows, i] = bi + act
+            missing -= act.long()
+
+        def score(y: Tensor) -> Tensor:  # cos^2 between |x| and y, up to the factor |x|^2
+            return (ax * y).sum(dim=1) ** 2 / (y * y).sum(dim=1)
+
+        best = torch.where((score(b) > score(a))[:, None], b, a)
+        return (best * torch.where(x < 0, -1.0, 1.0)).long()
 
     # -- gain quantizer ------------------------------------------------------------------------
     def _gain_levels(self) -> Tensor:
