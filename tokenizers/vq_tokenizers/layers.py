@@ -167,7 +167,8 @@ class VQConfig:
         decay: EMA decay of the codebook statistics.
         commitment_weight, codebook_weight: loss weights (``loss = cw * commit + cbw * codebook``).
         init: ``"kmeans"`` — k-means on a buffer of ``init_vectors`` encoder outputs collected
-            over several batches (at most ``init_max_batches``; the first batch's samples serve
+            over several batches (at most ``init_max_batches`` once K vectors are buffered;
+            Lloyd iterations only when >= 2 K vectors; the first batch's samples serve
             until then); ``"data"`` — codes sampled from the first batch; ``"random"`` — keep
             the random normal init (the collapse-prone classic).
         kmeans_iters: Lloyd iterations for that init (skipped when the buffer has < 2 K vectors).
@@ -176,8 +177,9 @@ class VQConfig:
             ``reseed_threshold / K`` (relative to a uniform share, whatever the batch size) and
             it was not hit in the current batch.
         reseed_every: check for dead codes every this many training steps.
-        usage_window: EMA window (in vectors) of the usage estimate; default ``8 K`` so that a
-            live code is expected to be hit ~8 times inside the window.
+        usage_window: EMA window (in vectors) of the usage estimate; default ``2 K``: a code that
+            stops being hit falls below a 0.5 share after ~1.4 K vectors, so large codebooks
+            recover within a short run (a live code re-seeded by chance only moves to data).
         recent_vectors: size of the ring buffer of recent encoder outputs (default max(4096, K)).
         chunk_bytes: distance-block budget of the nearest-code search.
         seed: seeds init sampling and re-seeding.
@@ -197,7 +199,7 @@ class VQConfig:
     init_max_batches: int = 32
     kmeans_iters: int = 10
     reseed: bool = True
-    reseed_threshold: float = 0.1
+    reseed_threshold: float = 0.5
     reseed_every: int = 10
     usage_window: int | None = None
     recent_vectors: int | None = None
@@ -304,7 +306,7 @@ class VectorQuantizer(nn.Module):
             if updating:
                 self._maybe_init(z.detach())
             codes, _ = assign(z.detach(), self.effective_codebook().detach(), chunk_bytes=self.config.chunk_bytes)
-            if updating and bool(self.initialized):
+            if updating:  # also during the k-means buffering phase, from the data-sampled start
                 self._update(z.detach(), codes)
             q = F.embedding(codes, self.effective_codebook())  # (n, c)
             commit = F.mse_loss(z, q.detach())
@@ -350,11 +352,12 @@ class VectorQuantizer(nn.Module):
             return self._finish_init(z.shape[0])
         if first:  # start from data points right away (rank 0's)
             self._set_codebook(_broadcast(self._sample_rows(z, k).contiguous()))
+            self._reset_stats(z.shape[0])
         if cfg.init == "data":
             return self._finish_init(z.shape[0])
         want = cfg.init_vectors or 4 * k
         have = sum(b.shape[0] for b in self._init_buffer)
-        ready = torch.tensor(float(have >= want or len(self._init_buffer) >= cfg.init_max_batches))
+        ready = torch.tensor(float(have >= want or (len(self._init_buffer) >= cfg.init_max_batches and have >= k)))
         if _world() > 1:
             dist.all_reduce(ready, op=dist.ReduceOp.MAX)
         if not bool(ready):
@@ -373,14 +376,18 @@ class VectorQuantizer(nn.Module):
 
     def _finish_init(self, n: int) -> None:
         self._set_codebook(_broadcast(self.codebook.detach().clone()))
-        if self.config.update == "ema":
-            self.ema_count.fill_(max(n * _world() / self.codebook_size, 1e-3))
-            self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
-        self.usage.fill_(1.0 / self.codebook_size)
+        self._reset_stats(n)
         self.initialized.fill_(True)
         for batch in self._init_buffer:
             self._push_recent(batch)
         self._init_buffer = []
+
+    def _reset_stats(self, n: int) -> None:
+        """EMA statistics consistent with the current codebook, every code at a uniform share."""
+        if self.config.update == "ema":
+            self.ema_count.fill_(max(n * _world() / self.codebook_size, 1e-3))
+            self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+        self.usage.fill_(1.0 / self.codebook_size)
 
     def _set_codebook(self, rows: Tensor) -> None:
         rows = F.normalize(rows, dim=-1) if self.config.cosine else rows
@@ -428,7 +435,7 @@ class VectorQuantizer(nn.Module):
         else:
             counts = _all_reduce_sum(counts)
         n_global = counts.sum()
-        window = cfg.usage_window or 8 * k
+        window = cfg.usage_window or 2 * k
         rate = float(min(1.0, max(n_global / window, 1e-3)))
         self.usage.mul_(1 - rate).add_(counts / n_global, alpha=rate)
         if cfg.reseed and int(self.steps) % cfg.reseed_every == 0:

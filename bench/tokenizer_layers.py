@@ -1,0 +1,260 @@
+"""Quantizer layers, ours vs vector-quantize-pytorch, in the same tiny autoencoder.
+
+Grey 8x8 patches of offline natural images (scikit-image / scikit-learn); training and held-out
+patches come from disjoint parts (top 75 % / bottom 25 %) of every image. The autoencoder (64 -> 256 -> d -> 256 -> 64, GELU) is the
+same for every run; only the bottleneck changes; same steps, batch, Adam learning rate and seed.
+Reported per (K, method): held-out MSE, held-out used fraction and usage perplexity (held-out set
+>= 10 K vectors so every code can be hit), steps/s and its ratio to vector-quantize-pytorch's
+VectorQuantize at the same K, peak RSS growth (CPU) or peak CUDA memory. Baseline: post-hoc
+faiss k-means with K centroids on d-dim PCA features of the training patches.
+
+    python bench/tokenizer_layers.py                       # K = 1024, 8192, 65536 (defaults)
+    python bench/tokenizer_layers.py --ks 1024 --steps 100 # quick
+
+Last line: one JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vq.codebook.metrics import used_fraction, usage_perplexity
+from vq_tokenizers import FSQ, ResidualVQ, SimVQ, VectorQuantizer
+from vq_tokenizers.data import builtin_images, image_patches
+
+log = logging.getLogger("bench.tokenizer_layers")
+
+FSQ_LEVELS = {1024: [8, 8, 4, 4], 8192: [8, 8, 8, 4, 4], 65536: [8, 8, 8, 8, 4, 4]}
+METHODS = ("ours_vq", "ours_vq_rotation", "ours_simvq", "ours_fsq", "ours_rvq2",
+           "vqp_vq", "vqp_simvq", "vqp_fsq", "vqp_rvq2")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Experiment:
+    ks: tuple[int, ...] = (1024, 8192, 65536)
+    methods: tuple[str, ...] = METHODS
+    dim: int = 16
+    steps: int = 300
+    batch: int = 1024
+    lr: float = 2e-3
+    patch: int = 8
+    heldout_factor: int = 10
+    kmeans_niter: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = set(self.methods) - set(METHODS)
+        if bad:
+            raise ValueError(f"unknown methods {sorted(bad)}; known: {METHODS}")
+        for k in self.ks:
+            if k not in FSQ_LEVELS:
+                raise ValueError(f"K must be one of {sorted(FSQ_LEVELS)}, got {k}")
+
+
+def split_patches(p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training patches from the top 75 % of every image (stride 2), held-out pool from the
+    bottom 25 % (stride 1): disjoint pixels, same distribution. Values centred: [-0.5, 0.5]."""
+    train, held = [], []
+    for im in builtin_images().values():
+        cut = int(im.shape[0] * 0.75)
+        train.append(image_patches([im[:cut]], p, 2))
+        held.append(image_patches([im[cut:]], p, 1))
+    return torch.cat(train) - 0.5, torch.cat(held) - 0.5
+
+
+class Bottleneck(nn.Module):
+    """Adapts either library's layer to (quantized, codes (n, m), aux loss)."""
+
+    def __init__(self, kind: str, k: int, d: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "ours_vq":
+            self.q = VectorQuantizer(d, k)
+        elif kind == "ours_vq_rotation":
+            self.q = VectorQuantizer(d, k, update="gradient", gradient="rotation")
+        elif kind == "ours_simvq":
+            self.q = SimVQ(d, k)
+        elif kind == "ours_fsq":
+            self.q = FSQ(d, FSQ_LEVELS[k])
+        elif kind == "ours_rvq2":
+            self.q = ResidualVQ(d, k, 2)
+        else:
+            import vector_quantize_pytorch as vqp
+
+            if kind == "vqp_vq":  # its anti-collapse options on: k-means init, dead-code expiry
+                self.q = vqp.VectorQuantize(d, k, decay=0.99, kmeans_init=True, threshold_ema_dead_code=2)
+            elif kind == "vqp_simvq":
+                self.q = vqp.SimVQ(d, k)
+            elif kind == "vqp_fsq":
+                self.q = vqp.FSQ(FSQ_LEVELS[k], dim=d)
+            elif kind == "vqp_rvq2":
+                self.q = vqp.ResidualVQ(dim=d, codebook_size=k, num_quantizers=2, kmeans_init=True,
+                                        threshold_ema_dead_code=2)  # fmt: skip
+            else:
+                raise ValueError(kind)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.kind.startswith("ours"):
+            o = self.q(z)
+            codes = o.codes if o.codes.dim() == 2 else o.codes[:, None]
+            return o.quantized, codes, o.loss
+        out = self.q(z[:, None, :])  # its layers want (batch, seq, d)
+        if self.kind == "vqp_fsq":
+            quantized, codes = out
+            loss = z.new_zeros(())
+        else:
+            quantized, codes, loss = out[0], out[1], out[2]
+        codes = codes.reshape(z.shape[0], -1)  # (n, m)
+        return quantized[:, 0], codes, loss.sum()
+
+
+def make_ae(d: int, p: int) -> tuple[nn.Module, nn.Module]:
+    enc = nn.Sequential(nn.Linear(p * p, 256), nn.GELU(), nn.Linear(256, d))
+    dec = nn.Sequential(nn.Linear(d, 256), nn.GELU(), nn.Linear(256, p * p))
+    return enc, dec
+
+
+def _rss_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+def _reset_peak() -> float:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    return _rss_mb("VmRSS")
+
+
+def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str) -> dict:
+    torch.manual_seed(exp.seed)
+    enc, dec = make_ae(exp.dim, exp.patch)
+    bott = Bottleneck(kind, k, exp.dim)
+    model = nn.ModuleList([enc, bott, dec]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=exp.lr)
+    gen = torch.Generator().manual_seed(exp.seed + 1)
+    base = _reset_peak()
+    times = []
+    for _ in range(exp.steps):
+        x = train[torch.randint(train.shape[0], (exp.batch,), generator=gen)].to(device)
+        t0 = time.perf_counter()
+        q, _, aux = bott(enc(x))
+        loss = (dec(q) - x).square().mean() + aux
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    # median step: robust to load bursts from other processes on a shared machine, and leaves
+    # out the one-off k-means init step of either library
+    step_s = float(np.median(times))
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _rss_mb("VmHWM") - base
+    model.eval()
+    err, codes = 0.0, []
+    with torch.no_grad():
+        for s in range(0, held.shape[0], 8192):
+            x = held[s : s + 8192].to(device)
+            q, c, _ = bott(enc(x))
+            err += float((dec(q) - x).square().sum())
+            codes.append(c.cpu())
+    codes = torch.cat(codes)  # (n_held, m)
+    m = codes.shape[1]
+    used = [used_fraction(codes[:, j], k) for j in range(m)]
+    ppl = [usage_perplexity(codes[:, j], k) for j in range(m)]
+    return {
+        "K": k, "method": kind, "levels": m, "heldout_mse": err / held.numel(),
+        "heldout_used_fraction": min(used), "heldout_perplexity": min(ppl),
+        "steps_per_s": 1.0 / step_s, "train_s": float(np.sum(times)), "peak_mem_mb": peak,
+    }  # fmt: skip
+
+
+def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor) -> dict:
+    """Post-hoc baseline: PCA to ``dim`` on training patches, faiss k-means (K) in that space."""
+    import faiss
+
+    gen = torch.Generator().manual_seed(exp.seed)
+    sample = train[torch.randperm(train.shape[0], generator=gen)[: max(8 * k, 100_000)]].numpy()
+    mean = sample.mean(0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    basis = vt[: exp.dim].T.astype(np.float32)  # (p*p, d)
+    feats = np.ascontiguousarray((sample - mean) @ basis)
+    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=8)
+    t0 = time.perf_counter()
+    km.train(feats)
+    secs = time.perf_counter() - t0
+    h = held.numpy()
+    hf = np.ascontiguousarray((h - mean) @ basis)
+    _, idx = km.index.search(hf, 1)
+    rec = km.centroids[idx[:, 0]] @ basis.T + mean
+    codes = torch.from_numpy(idx[:, 0].astype(np.int64))
+    return {
+        "K": k, "method": "faiss_pca_kmeans", "levels": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
+        "heldout_used_fraction": used_fraction(codes, k), "heldout_perplexity": usage_perplexity(codes, k),
+        "train_points": int(feats.shape[0]), "fit_s": secs,
+    }  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ks", type=int, nargs="+", default=list(Experiment.ks))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--steps", type=int, default=Experiment.steps)
+    ap.add_argument("--batch", type=int, default=Experiment.batch)
+    ap.add_argument("--dim", type=int, default=Experiment.dim)
+    ap.add_argument("--kmeans-niter", type=int, default=Experiment.kmeans_niter)
+    ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on a shared machine)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch,
+                     dim=args.dim, kmeans_niter=args.kmeans_niter)  # fmt: skip
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train, pool = split_patches(exp.patch)
+    log.info("training patches %d, held-out pool %d", train.shape[0], pool.shape[0])
+    rows = []
+    for k in exp.ks:
+        n_held = exp.heldout_factor * k
+        if pool.shape[0] < n_held:
+            raise ValueError(f"held-out pool has {pool.shape[0]} patches, need {n_held} for K={k}")
+        held = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(7))[:n_held]]
+        if not args.no_baseline:
+            rows.append(faiss_pca_kmeans(exp, k, train, held))
+            log.info("%s", rows[-1])
+        for kind in exp.methods:
+            rows.append(run_one(exp, kind, k, train, held, device))
+            log.info("%s", rows[-1])
+        ref = next((r["steps_per_s"] for r in rows if r["K"] == k and r["method"] == "vqp_vq"), None)
+        for r in rows:
+            if r["K"] == k and "steps_per_s" in r and ref:
+                r["speed_vs_vqp_vq"] = r["steps_per_s"] / ref
+    print(f"{'K':>6} {'method':<18} {'mse':>9} {'used':>6} {'ppl':>9} {'steps/s':>8} {'x vqp_vq':>8} {'peakMB':>8}")
+    for r in rows:
+        print(f"{r['K']:>6} {r['method']:<18} {r['heldout_mse']:>9.5f} {r['heldout_used_fraction']:>6.3f} "
+              f"{r['heldout_perplexity']:>9.1f} {r.get('steps_per_s', math.nan):>8.2f} "
+              f"{r.get('speed_vs_vqp_vq', math.nan):>8.2f} {r.get('peak_mem_mb', math.nan):>8.1f}")  # fmt: skip
+    print(json.dumps({"experiment": asdict(exp), "device": device, "torch_threads": torch.get_num_threads(), "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
