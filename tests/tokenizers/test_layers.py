@@ -63,7 +63,7 @@ def test_codes_match_brute_force_float64_with_tiny_chunks():
 def test_large_codebook_trains_with_bounded_search_memory():
     torch.manual_seed(0)
     K = 65536
-    layer = VectorQuantizer(8, K, init_max_batches=1, chunk_bytes=4 << 20)
+    layer = VectorQuantizer(8, K, init="data", chunk_bytes=4 << 20)
     enc = nn.Linear(8, 8)
     out = layer(enc(torch.randn(1024, 8)))
     out.loss.backward()
