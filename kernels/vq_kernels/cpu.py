@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: largest batch served by the LUT path; the gather reads B contiguous floats per code
 GEMV_MAX_BATCH = 8
+#: bytes of lookup table per work item of the C++ kernel (see docs/results.md for the sweep)
+TABLE_BYTES = int(os.environ.get("VQ_KERNELS_TABLE_BYTES", 32 << 10))
 #: rows dequantized per step of the GEMM path (128 x 4096 fp32 = 2 MiB, about one L2)
 ROW_CHUNK = 128
 _SRC = Path(__file__).with_name("csrc") / "lut_cpu.cpp"
@@ -90,8 +92,8 @@ def _native() -> ctypes.CDLL | None:
         log.warning("vq_kernels: C++ CPU kernels unavailable (%s); using the torch fallback", e)
         return None
     i64, p = ctypes.c_int64, ctypes.c_void_p
-    for name in ("vq_gather_sum_u8", "vq_gather_sum_u16"):
-        getattr(dll, name).argtypes = [p, p, p, i64, i64, i64, i64, i64, i64, ctypes.c_int]
+    for name in ("vq_lut_linear_u8", "vq_lut_linear_u16"):
+        getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 13, ctypes.c_int]
         getattr(dll, name).restype = None
     for name in ("vq_dequantize_u8", "vq_dequantize_u16"):
         getattr(dll, name).argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int]
@@ -175,28 +177,44 @@ def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
     lay.check_codebooks(codebooks, scales)
     b = x.shape[0]
     cb, sc = _f32_codebooks(codebooks, scales)
-    table = _tables(x, cb, lay)  # (R_t, J, K, B)
+    xf = x.float().contiguous()
     j = lay.n_groups * lay.M
     dll = _native()
     if dll is not None:
         y = torch.empty(lay.out_features, b)  # (out, B)
-        # chunk of j so that one chunk of the table (jchunk * K * B floats) stays within ~1 MiB
-        jchunk = max(8, (1 << 18) // (lay.K * b))
-        getattr(dll, f"vq_gather_sum_{_suffix(index)}")(
-            table.data_ptr(), index.data_ptr(), y.data_ptr(),
-            lay.out_features, j, lay.K, b, lay.tile_rows, jchunk, torch.get_num_threads(),
+        if b == 1:  # the B == 1 table is built from codewords stored (d, K): vectorised over k
+            cb = cb.transpose(-1, -2).contiguous()  # (R_t, C_t, M, d, K)
+        bs = 1 if b == 1 else 2 if b == 2 else 4 if b <= 4 else 8  # table entry = one SIMD vector
+        jc = max(1, TABLE_BYTES // (lay.K * bs * 4))  # j per work item: its table fits TABLE_BYTES
+        threads = torch.get_num_threads()
+        items = lay.row_tiles * -(-j // jc)
+        row_blocks = max(1, -(-2 * threads // items))  # split rows too when there are few items
+        getattr(dll, f"vq_lut_linear_{_suffix(index)}")(
+            xf.data_ptr(), index.data_ptr(), cb.data_ptr(), y.data_ptr(), b, lay.out_features, lay.in_features,
+            lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.row_tiles, lay.group_tiles,
+            jc, row_blocks, threads,
         )
     else:
+        table = _tables(xf, cb, lay)  # (R_t, J, K, B)
         rows = torch.arange(lay.out_features) // lay.tile_rows  # (out,)
         flat = (rows[:, None] * j + torch.arange(j)[None, :]) * lay.K + _index_long(index)  # (out, J)
         y = table.reshape(-1, b).index_select(0, flat.reshape(-1)).reshape(lay.out_features, j, b).sum(1)
     return (y * sc[:, None]).T.to(x.dtype).contiguous()  # (B, out)
 
 
-def dequantize(index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout, rows: slice | None = None) -> Tensor:
+def dequantize(
+    index: Tensor,
+    codebooks: Tensor,
+    scales: Tensor,
+    layout: VQLayout,
+    rows: slice | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
     """Dense weight rows ``rows`` (default all): (n_rows, in) in the codebooks' dtype.
 
-    Bit-identical to :func:`vq_kernels.reference.dequantize` (same summation order).
+    Bit-identical to :func:`vq_kernels.reference.dequantize` (same summation order). ``out``: an
+    optional float32 buffer with at least ``n_rows * in`` elements to decode into (reusing one
+    buffer avoids page faults on fresh memory: 51 ms -> see docs/results.md for 4096x4096).
     """
     lay = layout
     _check_index(index, lay)
@@ -206,8 +224,12 @@ def dequantize(index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayou
     if codebooks.dtype == torch.float64 or scales.dtype == torch.float64:
         cb, sc = codebooks.double().contiguous(), scales.double().contiguous()
     dll = _native()
-    if dll is not None and cb.dtype == torch.float32 and lay.d <= 16:
-        w = torch.empty(r1 - r0, lay.in_features)
+    if dll is not None and cb.dtype == torch.float32 and lay.d <= 64:
+        n = (r1 - r0) * lay.in_features
+        if out is not None and out.dtype == torch.float32 and out.is_contiguous() and out.numel() >= n:
+            w = out.view(-1)[:n].view(r1 - r0, lay.in_features)
+        else:
+            w = torch.empty(r1 - r0, lay.in_features)
         getattr(dll, f"vq_dequantize_{_suffix(index)}")(
             index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
             lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles,
@@ -234,11 +256,13 @@ def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
     lay.check_codebooks(codebooks, scales)
     acc = torch.float64 if torch.float64 in (x.dtype, codebooks.dtype, scales.dtype) else torch.float32
     xa = x.to(acc)
-    y = torch.empty(x.shape[0], lay.out_features, dtype=acc)
+    y = torch.empty(lay.out_features, x.shape[0], dtype=acc)  # (out, B): row chunks are contiguous
+    buf = torch.empty(min(ROW_CHUNK, lay.out_features) * lay.in_features)  # reused: no page faults
     for r0 in range(0, lay.out_features, ROW_CHUNK):
         r1 = min(r0 + ROW_CHUNK, lay.out_features)
-        w = dequantize(index, codebooks, scales, lay, slice(r0, r1)).to(acc)  # (n, in)
-        torch.matmul(xa, w.T, out=y[:, r0:r1])
+        w = dequantize(index, codebooks, scales, lay, slice(r0, r1), out=buf).to(acc)  # (n, in)
+        torch.matmul(w, xa.T, out=y[r0:r1])  # (n, B)
+    y = y.T
     return y.to(x.dtype)
 
 

@@ -1,12 +1,21 @@
-"""Shared fixtures for the kernel tests: random layouts covering every supported case."""
+"""Shared fixtures for the kernel tests: random layouts covering every supported case.
+
+Without a GPU the Triton kernels run in triton's CPU interpreter. ``triton.jit`` reads
+``TRITON_INTERPRET`` when a kernel module is imported (``triton.knobs.runtime.interpret``), so it
+is set here, before any test module imports ``vq_kernels.triton_lut``.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
 import torch
 
-from vq_kernels.layout import VQLayout
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from vq_kernels.layout import VQLayout  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ class Case:
 # tiles (rows, groups, both, ragged last tile), odd sizes (6x42, 123x431-ish, out % block != 0).
 CASES = [
     Case(6, 42, 2, 1, 16),
+    Case(123, 431, 1, 1, 16),  # scalar codebook: any in_features
     Case(6, 42, 2, 1, 5),  # K not a power of two
     Case(123, 432, 4, 1, 256),
     Case(37, 96, 8, 1, 65536),
