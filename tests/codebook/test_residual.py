@@ -92,6 +92,16 @@ def test_weighted_fit_beats_unweighted_on_weighted_objective(data):
     assert objective(weighted) < 0.9 * objective(plain)
 
 
+def test_train_beam(data):
+    """train_beam=1 is the classic greedy fit; a beam-trained codec is a valid codec too."""
+    train, test = data
+    assert torch.equal(ResidualVQ(8, 2, 16, niter=5).fit(train).codebooks,
+                       ResidualVQ(8, 2, 16, niter=5, beam=4, train_beam=1).fit(train).codebooks)
+    q = ResidualVQ(8, 2, 16, niter=5, train_beam=4).fit(train)
+    e = [mse(test, q.decode(q.encode(test, beam=b))) for b in (1, 4)]
+    assert e[1] <= e[0] < mse(test, torch.zeros_like(test))
+
+
 def test_within_10_percent_of_faiss(data, faiss_one_thread):
     faiss = faiss_one_thread
     train, test = data
@@ -123,6 +133,7 @@ def test_bits(rvq):
         (dict(dim=8, stages=2, k=0), ValueError),
         (dict(dim=0, stages=2, k=4), ValueError),
         (dict(dim=8, stages=2, k=4, beam=0), ValueError),
+        (dict(dim=8, stages=2, k=4, train_beam=0), ValueError),
         (dict(dim=8, stages=2, k=4, backend="cuda"), ValueError),
         (dict(dim=8, stages=2.0, k=4), TypeError),
     ],

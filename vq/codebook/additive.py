@@ -101,7 +101,7 @@ def _local_search_chunk(
         rp = resid[:, :, None, :] + contrib  # (c, b, M, d): residual with codebook m removed
         base = _weighted_sq(rp, wm)  # (c, b, M)
         cross = torch.einsum("cbmd,mkd->cbmk", rp if w is None else rp * wm, books)
-        dist = base[..., None] - 2 * cross + cn  # (c, b, M, k) error after setting code m := j
+        dist = cross.mul_(-2.0).add_(base[..., None]).add_(cn)  # (c, b, M, k) error after code m := j
         # "keep code m" appears once per codebook; keep only the m = 0 copy
         dist[:, :, 1:].scatter_(-1, beam_codes[:, :, 1:, None], float("inf"))
         # each tuple appears at most once per parent beam, so b * beam survivors hold >= beam distinct ones
