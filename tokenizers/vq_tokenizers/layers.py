@@ -46,6 +46,7 @@ __all__ = [
     "ResidualVQ",
     "GroupedResidualVQ",
     "rotate_to",
+    "QuantizerSpec",
 ]
 
 log = logging.getLogger(__name__)
@@ -669,3 +670,59 @@ class GroupedResidualVQ(nn.Module):
 
     def bitrate(self, frames_per_second: float, n_levels: int | None = None) -> float:
         return self.groups * self.rvqs[0].bitrate(frames_per_second, n_levels)
+
+
+_KINDS = ("vq", "simvq", "fsq", "rvq", "grvq")
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """Which bottleneck a model uses; ``build(dim)`` makes the layer. JSON round-trip via
+    ``dataclasses.asdict`` / ``QuantizerSpec(**d)``.
+
+    kind: ``vq`` | ``simvq`` | ``fsq`` | ``rvq`` | ``grvq``; ``levels`` (rvq / grvq stages),
+    ``groups`` (grvq), ``fsq_levels`` (fsq), ``quantizer_dropout`` (rvq / grvq), ``options``:
+    extra :class:`VQConfig` fields for the vector-quantizer kinds (e.g. ``{"update": "gradient"}``).
+    """
+
+    kind: str = "vq"
+    codebook_size: int = 1024
+    levels: int = 1
+    groups: int = 1
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    quantizer_dropout: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"quantizer kind must be one of {_KINDS}, got {self.kind!r}")
+        require_int("codebook_size", self.codebook_size, 2)
+        require_int("levels", self.levels, 1)
+        require_int("groups", self.groups, 1)
+        object.__setattr__(self, "fsq_levels", tuple(self.fsq_levels))
+        opts = self.options.items() if isinstance(self.options, dict) else self.options
+        object.__setattr__(self, "options", tuple((str(k), v) for k, v in opts))
+        if self.kind == "fsq" and self.options:
+            raise ValueError("fsq takes no VQ options")
+
+    def build(self, dim: int) -> nn.Module:
+        opts = dict(self.options)
+        if self.kind == "vq":
+            return VectorQuantizer(dim, self.codebook_size, **opts)
+        if self.kind == "simvq":
+            return SimVQ(dim, self.codebook_size, **opts)
+        if self.kind == "fsq":
+            return FSQ(dim, list(self.fsq_levels))
+        if self.kind == "rvq":
+            return ResidualVQ(dim, self.codebook_size, self.levels, quantizer_dropout=self.quantizer_dropout, **opts)
+        return GroupedResidualVQ(
+            dim, self.codebook_size, self.levels, self.groups, quantizer_dropout=self.quantizer_dropout, **opts
+        )
+
+    def bits_per_frame(self, n_levels: int | None = None) -> float:
+        """Code bits per latent position (all levels, or the first ``n_levels``)."""
+        if self.kind == "fsq":
+            return math.log2(math.prod(self.fsq_levels))
+        stages = (n_levels or self.levels) if self.kind in ("rvq", "grvq") else 1
+        groups = self.groups if self.kind == "grvq" else 1
+        return groups * stages * math.log2(self.codebook_size)

@@ -1,0 +1,66 @@
+"""``vq train-tokenizer image|audio --data DIR ...`` (registered by :mod:`vq.cli`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-tokenizer",
+        help="train a VQ-VAE image tokenizer or an RVQ audio codec (torchrun for several processes)",
+        description="Train a tokenizer on a folder of PNG/JPEG images or WAV/FLAC files. "
+        "Resumes from the newest checkpoint in --out.",
+    )
+    p.add_argument("kind", choices=["image", "audio"])
+    p.add_argument("--data", required=True, help="training folder")
+    p.add_argument("--heldout", help="held-out folder for the final metrics")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, report.json, plots)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--crop", type=int, default=64, help="image crop size")
+    p.add_argument("--segment", type=float, default=0.5, help="audio segment in seconds")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    p.add_argument("--quantizer", choices=["vq", "simvq", "fsq", "rvq", "grvq"], help="bottleneck kind")
+    p.add_argument("--codebook-size", type=int)
+    p.add_argument("--levels", type=int, help="RVQ levels")
+    p.add_argument("--downsample", type=int, choices=[4, 8], help="image downsampling factor")
+    p.add_argument("--sample-rate", type=int, help="audio sample rate (16000 or 24000)")
+    p.add_argument("--model-json", default="{}", help="extra model config fields as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vq_tokenizers.train import TrainConfig, train_tokenizer
+
+    model = json.loads(args.model_json)
+    if not isinstance(model, dict):
+        raise ValueError("--model-json must be a JSON object")
+    quant = dict(model.get("quantizer", {}))
+    for flag, key in (("quantizer", "kind"), ("codebook_size", "codebook_size"), ("levels", "levels")):
+        if getattr(args, flag) is not None:
+            quant[key] = getattr(args, flag)
+    if quant:
+        model["quantizer"] = quant
+    if args.downsample is not None:
+        model["downsample"] = args.downsample
+    if args.sample_rate is not None:
+        model["sample_rate"] = args.sample_rate
+    cfg = TrainConfig(
+        kind=args.kind, data=args.data, out=args.out, heldout=args.heldout, model=model, steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, crop=args.crop, segment=args.segment,
+        checkpoint_every=args.checkpoint_every, time_budget_s=args.time_budget, seed=args.seed,
+    )  # fmt: skip
+    report = train_tokenizer(cfg)
+    metrics = report.get("heldout") or report.get("train_eval")
+    if metrics is not None:
+        log.info("final metrics: %s", json.dumps(metrics))
+    return 0

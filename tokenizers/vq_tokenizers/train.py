@@ -1,0 +1,317 @@
+"""Training loop for the image and audio tokenizers: single process or ``torchrun`` (DDP).
+
+    from vq_tokenizers.train import TrainConfig, train_tokenizer
+    report = train_tokenizer(TrainConfig(kind="image", data="imgs/", out="runs/img", steps=2000))
+
+    torchrun --nproc_per_node 2 -m vq.cli train-tokenizer image --data imgs/ --out runs/img
+
+Every ``checkpoint_every`` steps (and at the end) rank 0 writes ``ckpt-<step>.safetensors``: the
+model and Adam tensors, with the configs, step, history and optimizer hyper-parameters as JSON
+metadata. A new run on the same ``out`` resumes from the newest checkpoint. At the end rank 0
+writes ``report.json`` (config, history, held-out metrics per number of levels) and PNG plots:
+``loss.png``, ``utilization.png`` (per level over time), ``reconstructions.png`` (images) or
+``spectrograms.png`` (audio).
+
+DDP: gloo on CPU, NCCL on GPU; ``broadcast_buffers=False`` — the quantizer layers keep their
+codebooks identical themselves (see :mod:`vq_tokenizers.layers`). Each rank draws its own batches.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
+from vq_tokenizers.data import AudioFolder, ImageFolder
+from vq_tokenizers.image import VQVAE, ImageTokenizerConfig, psnr
+
+__all__ = ["TrainConfig", "train_tokenizer", "build_model", "load_checkpoint", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+_KINDS = ("image", "audio")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """kind: ``image`` | ``audio``; data: training folder; heldout: optional evaluation folder;
+    out: run directory; model: ImageTokenizerConfig / AudioCodecConfig fields (dict);
+    crop: image crop size; segment: audio segment length in seconds; eval_batches: held-out
+    batches (fixed seed) for the final metrics; time_budget_s: stop early after this many seconds."""
+
+    kind: str
+    data: str
+    out: str
+    heldout: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4
+    crop: int = 64
+    segment: float = 0.5
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_batches: int = 8
+    time_budget_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every", "eval_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.segment > 0:
+            raise ValueError(f"segment must be > 0 seconds, got {self.segment}")
+        build_model(self)  # validates the model fields early (cheap: small modules)
+
+    def model_config(self) -> ImageTokenizerConfig | AudioCodecConfig:
+        cls = ImageTokenizerConfig if self.kind == "image" else AudioCodecConfig
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(self.model) - known
+        if unknown:
+            raise ValueError(f"unknown {self.kind} model fields {sorted(unknown)}; known: {sorted(known)}")
+        fields = dict(self.model)
+        if isinstance(fields.get("quantizer"), dict):  # partial spec: over the model's default one
+            fields["quantizer"] = {**asdict(cls().quantizer), **fields["quantizer"]}
+        return cls(**fields)
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    mc = cfg.model_config()
+    return VQVAE(mc) if cfg.kind == "image" else AudioCodec(mc)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for pid, st in osd["state"].items():
+        for name, v in st.items():
+            tensors[f"optim.{pid}.{name}"] = torch.as_tensor(v).detach().contiguous().cpu()
+    meta = dict(meta, param_groups=osd["param_groups"])
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(_jsonable(meta))})
+    tmp.replace(path)
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted(out.glob("ckpt-*.safetensors"))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Load model (and optimizer) tensors in place; return the checkpoint's JSON metadata."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if opt is not None:
+        state: dict[int, dict[str, Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+# -- evaluation --------------------------------------------------------------------------------
+def _level_options(model: nn.Module) -> list[int | None]:
+    spec = model.config.quantizer
+    return list(range(1, spec.levels + 1)) if spec.kind in ("rvq", "grvq") else [None]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: list[Tensor]) -> list[dict[str, float]]:
+    """Held-out metrics for each number of kept levels: PSNR (images) or SI-SNR + mel distance
+    (audio), bitrate / bits per latent position, and per-level used fraction over all batches."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    spec = model.config.quantizer
+    k = spec.codebook_size if spec.kind != "fsq" else math.prod(spec.fsq_levels)
+    for n in _level_options(model):
+        kw = {} if n is None else {"n_levels": n}
+        metric, mel, codes = [], [], []
+        for x in batches:
+            out = model(x, **kw)
+            if isinstance(model, VQVAE):
+                metric.append(psnr(x, out.reconstruction))
+            else:
+                metric.append(si_snr(out.reconstruction, x))
+                mel.append(float(model.mel.distance(out.reconstruction, x)))
+            codes.append(out.quant.codes.reshape(-1, out.quant.codes.shape[-1] if spec.kind in ("rvq", "grvq") else 1))
+        allc = torch.cat(codes)  # (positions, levels)
+        used = [float((torch.bincount(c[c >= 0], minlength=k) > 0).float().mean()) for c in allc.T]
+        row = {"levels": n or 1, "used_fraction_per_level": used}
+        if isinstance(model, VQVAE):
+            row["psnr_db"] = sum(metric) / len(metric)
+            row["bits_per_position"] = spec.bits_per_frame(n)
+        else:
+            row.update(si_snr_db=sum(metric) / len(metric), mel_distance=sum(mel) / len(mel), bitrate_bps=model.bitrate(n))
+        rows.append(row)
+    model.train(was_training)
+    return rows
+
+
+# -- plots -------------------------------------------------------------------------------------
+def _plots(out: Path, history: list[dict], model: nn.Module, sample: Tensor) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [h["loss"] for h in history], label="total")
+    ax.plot(steps, [h["recon_loss"] for h in history], label="reconstruction")
+    ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.legend(), fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=100), plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    used = torch.tensor([h["used_fraction"] for h in history])  # (logs, levels)
+    for j in range(used.shape[1]):
+        ax.plot(steps, used[:, j].tolist(), label=f"level {j}")
+    ax.set_xlabel("step"), ax.set_ylabel("batch used fraction"), ax.set_ylim(0, 1.02)
+    if used.shape[1] <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(out / "utilization.png", dpi=100), plt.close(fig)
+    model.eval()
+    with torch.no_grad():
+        rec = model(sample).reconstruction
+        mels = [model.mel(w[None])[0].cpu() for w in (sample[0], rec[0])] if isinstance(model, AudioCodec) else []
+    sample, rec = sample.cpu(), rec.cpu()
+    if isinstance(model, VQVAE):
+        n = min(6, sample.shape[0])
+        fig, axes = plt.subplots(2, n, figsize=(2 * n, 4), squeeze=False)
+        for i in range(n):
+            for r, img in enumerate((sample[i], rec[i].clamp(0, 1))):
+                axes[r, i].imshow(img.permute(1, 2, 0).numpy()), axes[r, i].axis("off")
+        fig.suptitle("top: input, bottom: reconstruction"), fig.tight_layout()
+        fig.savefig(out / "reconstructions.png", dpi=100), plt.close(fig)
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(7, 5))
+        for ax, mel, title in zip(axes, mels, ("input", "reconstruction")):
+            ax.imshow(mel.numpy(), origin="lower", aspect="auto"), ax.set_title(f"log-mel: {title}")
+        fig.tight_layout(), fig.savefig(out / "spectrograms.png", dpi=100), plt.close(fig)
+
+
+# -- training ----------------------------------------------------------------------------------
+def _setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _dataset(cfg: TrainConfig, folder: str, model: nn.Module) -> ImageFolder | AudioFolder:
+    if cfg.kind == "image":
+        f = model.config.downsample
+        if cfg.crop % f:
+            raise ValueError(f"crop={cfg.crop} must be a multiple of the downsampling factor {f}")
+        return ImageFolder(folder, cfg.crop)
+    sr, hop = model.config.sample_rate, model.hop
+    seg = max(hop, int(round(cfg.segment * sr / hop)) * hop)  # a multiple of the hop
+    return AudioFolder(folder, sr, seg)
+
+
+def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) and return the final report (also written to ``out/report.json`` on rank 0)."""
+    from tqdm import tqdm
+
+    rank, world, device = _setup_distributed()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = build_model(cfg).to(device)
+    data = _dataset(cfg, cfg.data, model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start, history = 0, []
+    ckpt = _latest_checkpoint(out)
+    if ckpt is not None:
+        meta = load_checkpoint(ckpt, model, opt)
+        start, history = meta["step"], meta["history"]
+        log.info("resumed from %s at step %d", ckpt, start)
+    net = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank + 104729 * start)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc=f"train {cfg.kind}")
+    t0, seen, last_t = time.perf_counter(), 0, time.perf_counter()
+    meta_base = {"config": _jsonable(cfg), "model_config": _jsonable(model.config)}
+    step = start
+    for step in bar:
+        x = data.batch(cfg.batch_size, gen).to(device)
+        o = net(x)
+        opt.zero_grad(set_to_none=True)
+        o.loss.backward()
+        opt.step()
+        seen += x.shape[0] * world
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            rate = seen / max(now - last_t, 1e-9)
+            seen, last_t = 0, now
+            h = {
+                "step": done, "loss": float(o.loss.detach()), "recon_loss": float(o.recon_loss.detach()),
+                "used_fraction": o.quant.stats.used_fraction.tolist(),
+                "perplexity": o.quant.stats.perplexity.tolist(), "samples_per_s": rate,
+            }  # fmt: skip
+            history.append(h)
+            bar.set_postfix(loss=f"{h['loss']:.4f}", used=f"{min(h['used_fraction']):.2f}", sps=f"{rate:.1f}")
+        budget_hit = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
+        if world > 1:  # every rank stops at the same step
+            flag = torch.tensor(float(budget_hit), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            budget_hit = bool(flag)
+        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit):
+            _save_checkpoint(out / f"ckpt-{done:08d}.safetensors", model, opt, dict(meta_base, step=done, history=history))
+        if budget_hit:
+            log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, done)
+            break
+    bar.close()
+    final_step = history[-1]["step"] if history else start
+    report: dict[str, Any] = dict(meta_base, steps_done=final_step, world_size=world, train_seconds=time.perf_counter() - t0)
+    if rank == 0:
+        report["history"] = history
+        eval_data = _dataset(cfg, cfg.heldout, model) if cfg.heldout else data
+        egen = torch.Generator().manual_seed(12345)
+        batches = [eval_data.batch(cfg.batch_size, egen).to(device) for _ in range(cfg.eval_batches)]
+        report["heldout" if cfg.heldout else "train_eval"] = evaluate(model, batches)
+        (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1))
+        _plots(out, history, model, batches[0])
+        log.info("report written to %s", out / "report.json")
+    if world > 1:
+        dist.barrier()
+    return report
