@@ -1,0 +1,116 @@
+"""The compressed-model directory: corrupted / truncated files and config-tensor mismatches raise
+clear errors; a failed save never replaces a good directory."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vq.weights import format as F
+from vq.weights.format import QuantizedWeight, quantize_codebook_8bit
+from vq.weights.pipeline import CompressConfig, compress, method_config
+
+from .conftest import tiny_llama
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    torch.manual_seed(0)
+    calib = torch.randint(0, 256, (4, 64))
+    res = compress(tiny_llama(), CompressConfig(solver=method_config("gptq", 3, group_size=32)), calib,
+                   progress=False)
+    out = F.save(tmp_path_factory.mktemp("saved") / "m", res.model, res.layers, res.config.to_dict())
+    return out
+
+
+def _copy(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_tensor_file(saved, tmp_path):
+    d = _copy(saved, tmp_path / "t")
+    data = (d / F.MODEL_FILE).read_bytes()
+    (d / F.MODEL_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        F.load(d)
+
+
+def test_corrupted_header(saved, tmp_path):
+    d = _copy(saved, tmp_path / "c")
+    data = bytearray((d / F.MODEL_FILE).read_bytes())
+    data[8:20] = b"\x00garbage!!!\x01"
+    (d / F.MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        F.load(d)
+
+
+def test_corrupted_json(saved, tmp_path):
+    d = _copy(saved, tmp_path / "j")
+    (d / F.CONFIG_FILE).write_text('{"format": "vq", "layers": {')
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        F.load(d)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        F.load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("field,value", [("bits", 4), ("tile_groups", 16), ("out_features", 48), ("kind", "lattice")])
+def test_config_tensor_mismatch(saved, tmp_path, field, value):
+    d = _copy(saved, tmp_path / f"m_{field}")
+    cfg = json.loads((d / F.CONFIG_FILE).read_text())
+    name = next(iter(cfg["layers"]))
+    cfg["layers"][name][field] = value
+    (d / F.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=f"{name}.*(mismatch|unknown layer kind)"):
+        F.load(d)
+
+
+def test_missing_dense_tensor_in_config(saved, tmp_path):
+    d = _copy(saved, tmp_path / "dense")
+    cfg = json.loads((d / F.CONFIG_FILE).read_text())
+    cfg["dense"].pop("model.norm.weight")
+    (d / F.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config/tensor mismatch.*model.norm.weight"):
+        F.load(d)
+
+
+def test_failed_save_keeps_the_good_directory(saved, tmp_path, monkeypatch):
+    d = _copy(saved, tmp_path / "keep")
+    before = (d / F.MODEL_FILE).read_bytes()
+    model = F.load(d)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(F, "write_tensors", boom)
+    with pytest.raises(OSError):
+        F.save(d, model, {}, {})
+    assert (d / F.MODEL_FILE).read_bytes() == before
+    F.load(d)
+
+
+def test_codebook_8bit_is_exact_on_its_grid():
+    cb = torch.randn(2, 3, 1, 16, 4)
+    q = quantize_codebook_8bit(cb)
+    deq = q["codebook_min"].float()[..., None, None] + q["codebook_scale"].float()[..., None, None] * q["codebooks_q"].float()
+    step = q["codebook_scale"].float()[..., None, None]
+    assert torch.all((deq - cb).abs() <= step / 2 + 1e-6)
+
+
+def test_quantized_weight_rejects_inconsistent_tensors():
+    codes = torch.randint(0, 16, (8, 4))
+    qw = QuantizedWeight.from_vq(codes, torch.randn(1, 1, 16, 2), torch.ones(8), tile_rows=8, tile_groups=4)
+    bad = dict(qw.tensors)
+    bad["scales"] = torch.ones(7, dtype=torch.float16)
+    with pytest.raises(ValueError, match="config/tensor mismatch: scales"):
+        QuantizedWeight.from_stored(qw.meta(), bad, name="x")
+    bad = dict(qw.tensors)
+    bad["codebooks_q"] = bad["codebooks_q"].float()
+    with pytest.raises(ValueError, match="mismatch"):
+        QuantizedWeight.from_stored(qw.meta(), bad, name="x")

@@ -1,0 +1,477 @@
+"""What a compressed Linear stores, how many bits that is, and the model directory on disk.
+
+A compressed weight ``W (out, in)`` is a :class:`QuantizedWeight`: the exact tensors written to
+disk (bit-packed codes and the smallest form of the codebooks) plus its layout. Everything
+downstream — the dense weight used while compressing, the ``VQLinear`` of the in-memory model
+and the one rebuilt by :func:`load` — is decoded from those tensors by one function, so the
+model in memory and the model read back from disk compute exactly the same thing.
+
+Two kinds share the docs/formats.md VQ layout:
+
+``vq``       ``codes`` int32 packed (out, words) · ``scales`` fp16 (out,) · the codebooks, either
+             ``codebooks`` fp16 (R_t, C_t, 1, K, d), or 8-bit: ``codebooks_q`` uint8 (same shape)
+             with ``codebook_scale``/``codebook_min`` fp16 (R_t, C_t, 1); value = min + scale·q.
+``uniform``  scalar per-group quantization as VQ with d = 1: ``codes`` int32 packed,
+             ``group_scale`` fp16 (out, G) and ``group_zero`` uint8 (out, G); value =
+             scale·(q − zero). Decoded as a (out, G, 1, 2^bits, 1) codebook with tile_rows = 1,
+             tile_groups = group_size.
+
+Bit accounting (:meth:`QuantizedWeight.nbits`): the bytes of every tensor the layer stores
+(packed codes incl. the zero padding of each row's last word, codebooks, their 8-bit scale/min,
+row scales, group scales/zeros, bias) × 8. Bits per weight = that / (out·in). The whole-model
+figure sums over the quantized Linears; headers, JSON and the layers kept dense (embeddings,
+norms) are reported separately as the file size.
+
+The model-directory layout is documented in docs/formats.md ("Compressed model directory").
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vq_kernels.packing import pack_codes, unpack_codes, words_per_row
+from vq_kernels.reference import dequantize
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "QuantizedWeight",
+    "quantize_codebook_8bit",
+    "write_tensors",
+    "read_tensors",
+    "write_json",
+    "read_json",
+    "replace_dir",
+    "bits_report",
+    "save",
+    "load",
+    "is_compressed_dir",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "vq_config.json"
+
+_KINDS = ("vq", "uniform")
+# the tensors each kind stores: name -> dtype (shapes are checked in ``validate``)
+_VQ_TENSORS = {"codes": torch.int32, "scales": torch.float16}
+_VQ_CB16 = {"codebooks": torch.float16}
+_VQ_CB8 = {"codebooks_q": torch.uint8, "codebook_scale": torch.float16, "codebook_min": torch.float16}
+_UNIFORM_TENSORS = {"codes": torch.int32, "group_scale": torch.float16, "group_zero": torch.uint8}
+
+
+def quantize_codebook_8bit(cb: Tensor) -> dict[str, Tensor]:
+    """Asymmetric 8-bit quantization of codebooks (R_t, C_t, M, K, d), one (scale, min) per codebook.
+
+    Returns ``codebooks_q`` uint8, ``codebook_scale`` / ``codebook_min`` fp16 (R_t, C_t, M). The
+    scale is chosen after rounding ``min`` to fp16 so every entry stays inside the 0..255 grid.
+    """
+    flat = cb.float().flatten(-2)  # (R_t, C_t, M, K*d)
+    lo = flat.amin(-1).to(torch.float16)
+    hi = flat.amax(-1)
+    scale = ((hi - lo.float()) / 255.0).to(torch.float16)
+    # fp16 rounding may shrink the scale: bump it until (hi - lo) / scale <= 255
+    tiny = torch.finfo(torch.float16).tiny
+    scale = torch.where(scale.float() * 255.0 < (hi - lo.float()), torch.nextafter(scale, scale + 1), scale)
+    scale = torch.where(scale.float() > 0, scale, torch.full_like(scale, tiny))
+    q = torch.round((flat - lo.float()[..., None]) / scale.float()[..., None]).clamp_(0, 255)
+    return {
+        "codebooks_q": q.to(torch.uint8).reshape(cb.shape),
+        "codebook_scale": scale,
+        "codebook_min": lo,
+    }
+
+
+@dataclass
+class QuantizedWeight:
+    """The stored form of one compressed weight ``(out_features, in_features)``.
+
+    ``tensors`` holds exactly what is written to disk (see the module docstring); the layout
+    fields are what goes into the JSON config.
+    """
+
+    kind: str
+    out_features: int
+    in_features: int
+    d: int
+    K: int
+    bits: int
+    tile_rows: int
+    tile_groups: int
+    tensors: dict[str, Tensor] = field(repr=False)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_vq(
+        cls, codes: Tensor, codebooks: Tensor, scales: Tensor, *, tile_rows: int, tile_groups: int,
+        codebook_bits: int | None = 8,
+    ) -> "QuantizedWeight":
+        """codes (out, n_groups) int64 in [0, K); codebooks (R_t, C_t, K, d); scales (out,).
+
+        ``codebook_bits`` 8 stores 8-bit codebooks, ``None`` fp16 ones.
+        """
+        out, n_groups = codes.shape
+        r_t, c_t, K, d = codebooks.shape
+        bits = max(1, (K - 1).bit_length())
+        cb = codebooks[:, :, None]  # (R_t, C_t, 1, K, d)
+        tensors = {
+            "codes": pack_codes(codes[:, :, None], bits),  # (out, words)
+            "scales": scales.to(torch.float16).contiguous(),
+        }
+        if codebook_bits is None:
+            tensors["codebooks"] = cb.to(torch.float16).contiguous()
+        elif codebook_bits == 8:
+            tensors.update(quantize_codebook_8bit(cb))
+        else:
+            raise ValueError(f"codebook_bits must be 8 or None (fp16), got {codebook_bits}")
+        qw = cls("vq", out, n_groups * d, d, K, bits, tile_rows, tile_groups, tensors)
+        qw.validate()
+        return qw
+
+    @classmethod
+    def from_uniform(cls, codes: Tensor, scale: Tensor, zero: Tensor, *, bits: int, group_size: int) -> "QuantizedWeight":
+        """codes (out, in) int64 in [0, 2^bits); scale (out, G) float; zero (out, G) ints in [0, 255]."""
+        out, inp = codes.shape
+        tensors = {
+            "codes": pack_codes(codes[:, :, None], bits),
+            "group_scale": scale.to(torch.float16).contiguous(),
+            "group_zero": zero.to(torch.uint8).contiguous(),
+        }
+        qw = cls("uniform", out, inp, 1, 1 << bits, bits, 1, group_size, tensors)
+        qw.validate()
+        return qw
+
+    @classmethod
+    def from_stored(cls, meta: dict[str, Any], tensors: dict[str, Tensor], name: str = "layer") -> "QuantizedWeight":
+        """Rebuild from the JSON entry and the tensors read from disk (validated)."""
+        keys = ("kind", "out_features", "in_features", "d", "K", "bits", "tile_rows", "tile_groups")
+        missing = [k for k in keys if k not in meta]
+        if missing:
+            raise ValueError(f"{name}: config entry lacks {missing}")
+        qw = cls(**{k: meta[k] for k in keys}, tensors=tensors)
+        qw.validate(name)
+        return qw
+
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def n_groups(self) -> int:
+        return self.in_features // self.d
+
+    @property
+    def row_tiles(self) -> int:
+        return -(-self.out_features // self.tile_rows)
+
+    @property
+    def group_tiles(self) -> int:
+        return -(-self.n_groups // self.tile_groups)
+
+    def meta(self) -> dict[str, Any]:
+        """The JSON entry for this layer."""
+        return {
+            "kind": self.kind, "out_features": self.out_features, "in_features": self.in_features,
+            "d": self.d, "K": self.K, "bits": self.bits, "tile_rows": self.tile_rows,
+            "tile_groups": self.tile_groups, "nbits": self.nbits(),
+            "bits_per_weight": self.bits_per_weight(),
+        }
+
+    def expected_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """name -> (shape, dtype) this layout must store."""
+        out = self.out_features
+        words = (out, words_per_row(self.n_groups, 1, self.bits))
+        if self.kind == "uniform":
+            g = (out, self.group_tiles)
+            return {"codes": (words, torch.int32), "group_scale": (g, torch.float16), "group_zero": (g, torch.uint8)}
+        cb = (self.row_tiles, self.group_tiles, 1, self.K, self.d)
+        want = {"codes": (words, torch.int32), "scales": ((out,), torch.float16)}
+        if "codebooks" in self.tensors:
+            want["codebooks"] = (cb, torch.float16)
+        else:
+            tile = cb[:3]
+            want.update({"codebooks_q": (cb, torch.uint8), "codebook_scale": (tile, torch.float16),
+                         "codebook_min": (tile, torch.float16)})
+        return want
+
+    def validate(self, name: str = "layer") -> None:
+        """Check layout fields and that the tensors match them exactly (shapes, dtypes, finiteness)."""
+        if self.kind not in _KINDS:
+            raise ValueError(f"{name}: unknown layer kind {self.kind!r}; known: {_KINDS}")
+        for k in ("out_features", "in_features", "d", "K", "bits", "tile_rows", "tile_groups"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: {k} must be a positive int, got {v!r}")
+        if self.in_features % self.d:
+            raise ValueError(f"{name}: in_features={self.in_features} is not a multiple of d={self.d}")
+        if not 1 <= self.bits <= 16 or self.K > (1 << self.bits):
+            raise ValueError(f"{name}: K={self.K} does not fit bits={self.bits}")
+        want = self.expected_tensors()
+        have = set(self.tensors)
+        if have != set(want):
+            raise ValueError(
+                f"{name}: config/tensor mismatch: stored tensors {sorted(have)}, layout expects {sorted(want)}"
+            )
+        for t_name, (shape, dtype) in want.items():
+            t = self.tensors[t_name]
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(
+                    f"{name}: config/tensor mismatch: {t_name} is {tuple(t.shape)} {t.dtype}, "
+                    f"the layout expects {shape} {dtype}"
+                )
+            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: {t_name} contains NaN or Inf")
+        if self.K < (1 << self.bits) and int(self.codes().max()) >= self.K:
+            raise ValueError(f"{name}: codes out of range [0, {self.K})")
+
+    # -- decode ------------------------------------------------------------------------------
+    def codes(self) -> Tensor:
+        """(out, n_groups, 1) int64 logical codes."""
+        return unpack_codes(self.tensors["codes"], self.bits, self.n_groups, 1)
+
+    def codebooks(self) -> Tensor:
+        """(R_t, C_t, 1, K, d) float32 decoded codebooks (the values the layer computes with)."""
+        t = self.tensors
+        if self.kind == "uniform":
+            levels = torch.arange(self.K, dtype=torch.float32)  # (K,)
+            cb = t["group_scale"].float()[..., None] * (levels - t["group_zero"].float()[..., None])  # (out, G, K)
+            return cb[:, :, None, :, None]  # (out, G, 1, K, 1)
+        if "codebooks" in t:
+            return t["codebooks"].float()
+        return t["codebook_min"].float()[..., None, None] + t["codebook_scale"].float()[..., None, None] * t[
+            "codebooks_q"
+        ].float()
+
+    def scales(self) -> Tensor:
+        """(out,) float32 row scales."""
+        if self.kind == "uniform":
+            return torch.ones(self.out_features)
+        return self.tensors["scales"].float()
+
+    def dense(self) -> Tensor:
+        """(out, in) float32 dense weight."""
+        return dequantize(self.codes(), self.codebooks(), self.scales(), self.tile_rows, self.tile_groups)
+
+    def to_module(self, bias: Tensor | None = None) -> nn.Module:
+        """A :class:`~vq.weights.nn.VQLinear` computing with this weight."""
+        from vq.weights.nn import VQLinear
+
+        return VQLinear.from_codes(
+            self.codes(), self.codebooks(), self.scales(), None if bias is None else bias.float(),
+            tile_rows=self.tile_rows, tile_groups=self.tile_groups, bits=self.bits,
+        )
+
+    # -- accounting ----------------------------------------------------------------------------
+    def nbits(self) -> int:
+        """Bits this weight occupies on disk: every stored tensor's bytes × 8."""
+        return sum(t.numel() * t.element_size() * 8 for t in self.tensors.values())
+
+    def bits_per_weight(self) -> float:
+        return self.nbits() / (self.out_features * self.in_features)
+
+
+# -- files -------------------------------------------------------------------------------------
+def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors write to ``<path>.tmp`` then rename (a crash never leaves a half file at ``path``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file; a missing, truncated or corrupted file raises a clear error."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own (Rust) error types for corrupt files
+        raise ValueError(f"{path} is corrupted or truncated (not a readable safetensors file): {e}") from e
+    return tensors, meta
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """JSON write to ``<path>.tmp`` then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is corrupted or truncated (not valid JSON): {e}") from e
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory ``tmp`` to ``final``; an existing ``final`` is replaced only after
+    ``tmp`` is complete (old -> ``final.old``, tmp -> final, then the old one is removed)."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# -- accounting over a model -------------------------------------------------------------------
+def bits_report(layers: dict[str, QuantizedWeight]) -> dict[str, Any]:
+    """Per-layer and whole-model bits: ``{"layers": {name: {nbits, weights, bits_per_weight}},
+    "nbits", "weights", "bits_per_weight"}`` — what the stored tensors occupy (see module doc)."""
+    per = {
+        n: {"nbits": q.nbits(), "weights": q.out_features * q.in_features, "bits_per_weight": q.bits_per_weight()}
+        for n, q in layers.items()
+    }
+    nbits = sum(v["nbits"] for v in per.values())
+    weights = sum(v["weights"] for v in per.values())
+    return {"layers": per, "nbits": nbits, "weights": weights, "bits_per_weight": nbits / max(weights, 1)}
+
+
+# -- the model directory -------------------------------------------------------------------------
+_LAYER_TENSORS = frozenset(set(_VQ_TENSORS) | set(_VQ_CB16) | set(_VQ_CB8) | set(_UNIFORM_TENSORS))
+
+
+def save(
+    out_dir: str | os.PathLike,
+    model: nn.Module,
+    layers: dict[str, QuantizedWeight],
+    compress_config: dict[str, Any],
+    *,
+    tokenizer: Any = None,
+    dense_dtype: torch.dtype = torch.float16,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a compressed model directory (docs/formats.md, "Compressed model directory").
+
+    ``model`` is the compressed model (its quantized Linears are named in ``layers``); every other
+    parameter / persistent buffer is stored in ``dense_dtype``. The directory is assembled under
+    ``<out_dir>.tmp`` and renamed into place only when complete.
+    """
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors: dict[str, Tensor] = {}
+    for name, qw in layers.items():
+        for k, v in qw.tensors.items():
+            tensors[f"{name}.{k}"] = v
+    quantized_prefixes = tuple(n + "." for n in layers)
+    dense: dict[str, list[Any]] = {}
+    persistent = set(model.state_dict())
+    named = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if n in persistent]
+    for name, t in named:
+        if name.startswith(quantized_prefixes) and name.rsplit(".", 1)[-1] != "bias":
+            continue  # the VQLinear's own buffers are written above
+        if name.startswith(quantized_prefixes) or t.dtype.is_floating_point:
+            t = t.to(dense_dtype)
+        tensors[name] = t
+        dense[name] = [list(t.shape), str(t.dtype).removeprefix("torch.")]
+    write_tensors(tmp / MODEL_FILE, tensors, {"format": "vq", "format_version": str(FORMAT_VERSION)})
+    report = bits_report(layers)
+    write_json(tmp / CONFIG_FILE, {
+        "format": "vq",
+        "format_version": FORMAT_VERSION,
+        "compress": compress_config,
+        "layers": {name: qw.meta() for name, qw in layers.items()},
+        "dense": dense,
+        "bits": {k: report[k] for k in ("nbits", "weights", "bits_per_weight")},
+        **(extra or {}),
+    })
+    model.config.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    replace_dir(tmp, out)
+    return out
+
+
+def is_compressed_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the transformers model of a compressed directory; quantized layers are ``VQLinear``.
+
+    Raises ``FileNotFoundError`` for a missing directory/file and ``ValueError`` (naming the
+    problem) for a corrupted or truncated file or a config that does not match the tensors.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"compressed model directory {path} does not exist")
+    cfg = read_json(path / CONFIG_FILE)
+    if not isinstance(cfg, dict) or cfg.get("format") != "vq":
+        raise ValueError(f"{path / CONFIG_FILE} is not a vq model config")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {cfg.get('format_version')} is not supported (want {FORMAT_VERSION})")
+    tensors, _ = read_tensors(path / MODEL_FILE)
+    layer_meta = cfg.get("layers")
+    if not isinstance(layer_meta, dict) or not layer_meta:
+        raise ValueError(f"{path / CONFIG_FILE} lists no quantized layers")
+    # validate every layer before building the model
+    layers: dict[str, QuantizedWeight] = {}
+    for name, meta in layer_meta.items():
+        own = {k[len(name) + 1 :]: tensors.pop(k) for k in list(tensors)
+               if k.startswith(name + ".") and k[len(name) + 1 :] in _LAYER_TENSORS}
+        layers[name] = QuantizedWeight.from_stored(meta, own, name=name)
+    dense_meta = cfg.get("dense", {})
+    if set(tensors) != set(dense_meta):
+        extra = sorted(set(tensors) - set(dense_meta))[:5]
+        missing = sorted(set(dense_meta) - set(tensors))[:5]
+        raise ValueError(f"{path}: config/tensor mismatch: unexpected tensors {extra}, missing tensors {missing}")
+    for name, (shape, _dtype) in dense_meta.items():
+        if list(tensors[name].shape) != list(shape):
+            raise ValueError(f"{path}: config/tensor mismatch: {name} is {tuple(tensors[name].shape)}, config says {tuple(shape)}")
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model.tie_weights()
+    for name, qw in layers.items():
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError as e:
+            raise ValueError(f"{path}: config/tensor mismatch: the model has no layer {name}") from e
+        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != (qw.out_features, qw.in_features):
+            raise ValueError(f"{path}: config/tensor mismatch: {name} is {mod}, stored weight is "
+                             f"({qw.out_features}, {qw.in_features})")
+        bias = tensors.pop(name + ".bias", None)
+        if (bias is None) != (mod.bias is None):
+            raise ValueError(f"{path}: config/tensor mismatch: bias of {name}")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, qw.to_module(bias))
+    state = {k: (v.float() if v.dtype.is_floating_point else v) for k, v in tensors.items()}
+    want = {n for n, _ in model.named_parameters()}  # tied parameters appear once
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = sorted(want - set(state))
+    if result.unexpected_keys or missing:
+        raise ValueError(f"{path}: config/tensor mismatch: unexpected {result.unexpected_keys[:5]}, missing {missing[:5]}")
+    model.tie_weights()
+    model.eval()
+    model.requires_grad_(False)
+    return model.to(device)
