@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vq.codebook.product import load_codebooks, require_backend, require_int, require_k_le_n
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
-from vq.codebook.residual import CHUNK_BYTES, ResidualVQ, residual_beam_search, sum_codewords
+from vq.codebook.product import CodebookStack, require_backend, require_int, require_k_le_n
+from vq.codebook.protocol import check_vectors, check_weights, register_codec
+from vq.codebook.residual import CHUNK_BYTES, ResidualVQ, residual_beam_search, sum_codewords, weighted_sq
 
-__all__ = ["AdditiveVQ", "AdditiveVQConfig", "additive_beam_search", "least_squares_codebooks"]
+__all__ = ["AdditiveVQ", "AdditiveVQConfig", "additive_beam_search", "least_squares_codebooks", "sum_codewords_beam"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +74,6 @@ class AdditiveVQConfig:
             )
 
 
-def _weighted_sq(r: Tensor, w: Tensor | None) -> Tensor:
-    return (r * r).sum(-1) if w is None else (w * r * r).sum(-1)
-
-
 def _local_search_chunk(
     x: Tensor, books: Tensor, codes: Tensor, beam: int, steps: int, w: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -92,14 +87,14 @@ def _local_search_chunk(
     # ||C_mj||^2, weighted per row when w is per-coordinate
     cn = (books * books).sum(-1) if w is None else torch.einsum("cd,mkd->cmk", w, books * books)[:, None]
     best_codes = codes.clone()
-    best_err = _weighted_sq(x - sum_codewords(books, codes), w)  # (c,)
+    best_err = weighted_sq(x - sum_codewords(books, codes), w)  # (c,)
     beam_codes = codes[:, None, :]  # (c, b, M)
     for _ in range(steps):
         b = beam_codes.shape[1]
         contrib = books[m_idx, beam_codes]  # (c, b, M, d) codeword of each codebook
         resid = x[:, None, :] - contrib.sum(2)  # (c, b, d)
         rp = resid[:, :, None, :] + contrib  # (c, b, M, d): residual with codebook m removed
-        base = _weighted_sq(rp, wm)  # (c, b, M)
+        base = weighted_sq(rp, wm)  # (c, b, M)
         cross = torch.einsum("cbmd,mkd->cbmk", rp if w is None else rp * wm, books)
         dist = cross.mul_(-2.0).add_(base[..., None]).add_(cn)  # (c, b, M, k) error after code m := j
         # "keep code m" appears once per codebook; keep only the m = 0 copy
@@ -114,7 +109,7 @@ def _local_search_chunk(
         dup = (same & torch.ones(t, t, dtype=torch.bool, device=x.device).tril(-1)).any(-1)  # (c, t)
         order = torch.argsort(dup.to(torch.int8), dim=1, stable=True)[:, : min(beam, t)]  # distinct first
         beam_codes = cand.gather(1, order[..., None].expand(-1, -1, M))  # (c, b', M)
-        err = _weighted_sq(x[:, None, :] - sum_codewords_beam(books, beam_codes), wb)  # (c, b') exact
+        err = weighted_sq(x[:, None, :] - sum_codewords_beam(books, beam_codes), wb)  # (c, b') exact
         e, arg = err.min(1)
         better = e < best_err
         best_err = torch.where(better, e, best_err)
@@ -210,7 +205,7 @@ def least_squares_codebooks(
 
 
 @register_codec
-class AdditiveVQ(Codec):
+class AdditiveVQ(CodebookStack):
     """Additive quantizer: ``x ~ sum_m C_m[code_m]`` with beam-search encoding and a joint
     least-squares codebook update, alternated (AQLM-style).
 
@@ -243,12 +238,11 @@ class AdditiveVQ(Codec):
     ):
         self.cfg = AdditiveVQConfig(dim, codebooks, k, niter, beam, seed, steps, kmeans_niter, ridge, backend)
         self.dim = dim
-        self.codebooks: Tensor | None = None
         self.history: list[float] = []
 
     @property
-    def is_fitted(self) -> bool:
-        return self.codebooks is not None
+    def n_books(self) -> int:
+        return self.cfg.codebooks
 
     def fit(self, x: Tensor, weights: Tensor | None = None) -> "AdditiveVQ":
         """Fit on ``x`` (n, d) float with optional weights (n,) or (n, d) >= 0."""
@@ -270,7 +264,7 @@ class AdditiveVQ(Codec):
         log.info("AdditiveVQ init (residual VQ + beam %d): %.6g", cfg.beam, best)
         for it in tqdm(range(cfg.niter), desc="AdditiveVQ", leave=False, disable=cfg.niter < 2):
             new_books = least_squares_codebooks(x, codes, cfg.k, books, w, cfg.ridge)
-            new_err = _weighted_sq(x.float() - sum_codewords(new_books, codes), w_coord)
+            new_err = weighted_sq(x.float() - sum_codewords(new_books, codes), w_coord)
             if objective(new_err) <= best:
                 books, best = new_books, objective(new_err)
             codes, err = additive_beam_search(x, books, codes, cfg.beam, cfg.steps, w_coord)
@@ -296,20 +290,5 @@ class AdditiveVQ(Codec):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (n, M) int -> (n, d) float32."""
-        self._require_fitted()
-        codes = check_codes(codes, self.cfg.codebooks, self.cfg.k)
-        return sum_codewords(self.codebooks.to(codes.device), codes)
-
-    def bits_per_vector(self) -> float:
-        return self.cfg.codebooks * math.log2(self.cfg.k)
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        self._require_fitted()
-        return {"codebooks": self.codebooks}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> "AdditiveVQ":
-        self.codebooks = load_codebooks(self, state, (self.cfg.codebooks, self.cfg.k, self.dim))
-        return self
+        codes, books = self._checked_codes(codes)
+        return sum_codewords(books, codes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from vq.codebook.kmeans import KMeans, assign
 from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
 
-__all__ = ["ProductVQ", "ProductVQConfig"]
+__all__ = ["CodebookStack", "ProductVQ", "ProductVQConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,58 @@ def require_k_le_n(k: int, n: int) -> None:
         raise ValueError(f"k = {k} codewords need at least {k} training vectors, got n = {n}")
 
 
+class CodebookStack(Codec):
+    """Shared plumbing of the codecs whose whole state is one ``codebooks`` tensor (m, k, width)
+    and whose codes are (n, m) with values in [0, k): ProductVQ, ResidualVQ, AdditiveVQ.
+
+    Subclasses set ``cfg`` (a frozen config dataclass with ``dim`` and ``k``) and ``dim`` in
+    ``__init__``, and define ``n_books`` (m) and, if not ``dim``, ``book_width``."""
+
+    cfg: Any
+    codebooks: Tensor | None = None
+
+    @property
+    @abstractmethod
+    def n_books(self) -> int: ...
+
+    @property
+    def book_width(self) -> int:
+        return self.dim
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.codebooks is not None
+
+    def bits_per_vector(self) -> float:
+        return self.n_books * math.log2(self.cfg.k)
+
+    def config(self) -> dict[str, Any]:
+        return asdict(self.cfg)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._require_fitted()
+        return {"codebooks": self.codebooks}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> "CodebookStack":
+        name, shape = type(self).__name__, (self.n_books, self.cfg.k, self.book_width)
+        if set(state) != {"codebooks"}:
+            raise ValueError(f"{name} state must hold exactly 'codebooks', got {sorted(state)}")
+        books = state["codebooks"]
+        if not isinstance(books, Tensor) or not books.dtype.is_floating_point:
+            raise TypeError(f"{name} codebooks must be a floating-point tensor")
+        if tuple(books.shape) != shape:
+            raise ValueError(f"{name} codebooks must have shape {shape}, got {tuple(books.shape)}")
+        if not bool(torch.isfinite(books).all()):
+            raise ValueError(f"{name} codebooks contain NaN or Inf")
+        self.codebooks = books.clone()
+        return self
+
+    def _checked_codes(self, codes: Tensor) -> tuple[Tensor, Tensor]:
+        """Validate codes (n, m) for :meth:`decode`; return them (int64) and the codebooks on their device."""
+        self._require_fitted()
+        codes = check_codes(codes, self.n_books, self.cfg.k)
+        return codes, self.codebooks.to(codes.device)
+
 @dataclass(frozen=True)
 class ProductVQConfig:
     """Constructor arguments of :class:`ProductVQ` (validated on creation)."""
@@ -68,7 +121,7 @@ class ProductVQConfig:
 
 
 @register_codec
-class ProductVQ(Codec):
+class ProductVQ(CodebookStack):
     """Product quantizer: ``groups`` independent k-means codebooks over contiguous sub-vectors.
 
     Args:
@@ -84,22 +137,21 @@ class ProductVQ(Codec):
     def __init__(self, dim: int, groups: int, k: int, niter: int = 20, seed: int = 0, backend: str = "auto"):
         self.cfg = ProductVQConfig(dim, groups, k, niter, seed, backend)
         self.dim = dim
-        self.codebooks: Tensor | None = None
 
     @property
-    def sub_dim(self) -> int:
+    def n_books(self) -> int:
+        return self.cfg.groups
+
+    @property
+    def book_width(self) -> int:
         return self.cfg.dim // self.cfg.groups
-
-    @property
-    def is_fitted(self) -> bool:
-        return self.codebooks is not None
 
     def fit(self, x: Tensor, weights: Tensor | None = None) -> "ProductVQ":
         """Fit one k-means per group. ``x`` (n, d) float; ``weights`` None, (n,) or (n, d) >= 0."""
         x = check_vectors(x, self.dim)
         w = check_weights(weights, x)
         require_k_le_n(self.cfg.k, x.shape[0])
-        ds, books = self.sub_dim, []
+        ds, books = self.book_width, []
         for g in range(self.cfg.groups):
             cols = slice(g * ds, (g + 1) * ds)
             wg = None if w is None else (w if w.dim() == 1 else w[:, cols])  # (n,) or (n, ds)
@@ -118,44 +170,13 @@ class ProductVQ(Codec):
         w = check_weights(weights, x)
         if w is not None and w.dim() == 1:
             w = None  # a per-sample weight does not change the nearest centroid
-        ds, books = self.sub_dim, self.codebooks.to(x.device)
+        ds, books = self.book_width, self.codebooks.to(x.device)
         cols = [slice(g * ds, (g + 1) * ds) for g in range(self.cfg.groups)]
         codes = [assign(x[:, c].float(), books[g], None if w is None else w[:, c].float())[0] for g, c in enumerate(cols)]
         return torch.stack(codes, dim=1)  # (n, groups)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (n, groups) int -> (n, d) float32."""
-        self._require_fitted()
-        codes = check_codes(codes, self.cfg.groups, self.cfg.k)
-        books = self.codebooks.to(codes.device)
+        codes, books = self._checked_codes(codes)
         g = torch.arange(self.cfg.groups, device=codes.device)
         return books[g, codes].reshape(codes.shape[0], self.dim)  # (n, groups, ds) -> (n, d)
-
-    def bits_per_vector(self) -> float:
-        return self.cfg.groups * math.log2(self.cfg.k)
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        self._require_fitted()
-        return {"codebooks": self.codebooks}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> "ProductVQ":
-        self.codebooks = load_codebooks(self, state, (self.cfg.groups, self.cfg.k, self.sub_dim))
-        return self
-
-
-def load_codebooks(codec: Codec, state: dict[str, Tensor], shape: tuple[int, ...]) -> Tensor:
-    """Shared ``load_state_dict`` body: exactly one float tensor ``codebooks`` of ``shape``."""
-    name = type(codec).__name__
-    if set(state) != {"codebooks"}:
-        raise ValueError(f"{name} state must hold exactly 'codebooks', got {sorted(state)}")
-    books = state["codebooks"]
-    if not isinstance(books, Tensor) or not books.dtype.is_floating_point:
-        raise TypeError(f"{name} codebooks must be a floating-point tensor")
-    if tuple(books.shape) != shape:
-        raise ValueError(f"{name} codebooks must have shape {shape}, got {tuple(books.shape)}")
-    if not bool(torch.isfinite(books).all()):
-        raise ValueError(f"{name} codebooks contain NaN or Inf")
-    return books.clone()

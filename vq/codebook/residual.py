@@ -11,18 +11,16 @@ extend each by all k codewords of the next stage, keep the ``beam`` lowest squar
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans
-from vq.codebook.product import load_codebooks, require_backend, require_int, require_k_le_n
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+from vq.codebook.product import CodebookStack, require_backend, require_int, require_k_le_n
+from vq.codebook.protocol import check_vectors, check_weights, register_codec
 
-__all__ = ["ResidualVQ", "ResidualVQConfig", "residual_beam_search"]
+__all__ = ["ResidualVQ", "ResidualVQConfig", "residual_beam_search", "sum_codewords", "weighted_sq"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +52,7 @@ class ResidualVQConfig:
         require_backend(self.backend)
 
 
-def _weighted_sq(r: Tensor, w: Tensor | None) -> Tensor:
+def weighted_sq(r: Tensor, w: Tensor | None) -> Tensor:
     """sum_j w_j r_j^2 over the last axis (w broadcast against r; None = all ones)."""
     return (r * r).sum(-1) if w is None else (w * r * r).sum(-1)
 
@@ -70,7 +68,7 @@ def _extend_beam(
     c, b, d = r.shape
     k = C.shape[0]
     wb = None if w is None else w[:, None, :]  # (c, 1, d), broadcasts over the beam
-    err = _weighted_sq(r, wb)  # (c, b)
+    err = weighted_sq(r, wb)  # (c, b)
     if w is None:
         # ||r - C_j||^2 = ||r||^2 - 2 r.C_j + ||C_j||^2
         dist = (r @ C.T).mul_(-2.0).add_(err[..., None]).add_((C * C).sum(1))  # (c, b, k)
@@ -80,7 +78,7 @@ def _extend_beam(
     src, j = idx // k, idx % k  # parent path and codeword of each survivor
     r = r.gather(1, src[..., None].expand(-1, -1, d)) - C[j]  # (c, b', d)
     codes = torch.cat([codes.gather(1, src[..., None].expand(-1, -1, codes.shape[2])), j[..., None]], dim=2)
-    return r, codes, _weighted_sq(r, wb)  # exact error of each survivor, no drift from the expansion
+    return r, codes, weighted_sq(r, wb)  # exact error of each survivor, no drift from the expansion
 
 
 def _search_chunk(x: Tensor, books: Tensor, beam: int, w: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -132,7 +130,7 @@ def residual_beam_search(
 
 
 @register_codec
-class ResidualVQ(Codec):
+class ResidualVQ(CodebookStack):
     """Residual VQ with stage-wise k-means fit and greedy or beam-search encoding.
 
     Args:
@@ -144,8 +142,8 @@ class ResidualVQ(Codec):
         beam: default beam width of :meth:`encode` (1 = greedy).
         train_beam: paths kept per vector while fitting (1 = classic greedy residuals; B > 1
             trains stage s+1 on the residuals of all B paths a beam search keeps, as faiss's
-            ResidualQuantizer does; on 4x4 image patches with k=256 it lowers held-out error, see
-            bench/rq_vs_faiss.py, but on low-rank data with k=16 it raised it by ~8%, so opt-in).
+            ResidualQuantizer does. On image patches with k=256 it lowers held-out error (see
+            bench/rq_vs_faiss.py); with k=16 on low-rank synthetic data it raised it, so opt-in).
 
     State: ``codebooks`` (S, k, d) float32. Codes: (n, S) int64.
     """
@@ -163,11 +161,10 @@ class ResidualVQ(Codec):
     ):
         self.cfg = ResidualVQConfig(dim, stages, k, niter, beam, seed, backend, train_beam)
         self.dim = dim
-        self.codebooks: Tensor | None = None
 
     @property
-    def is_fitted(self) -> bool:
-        return self.codebooks is not None
+    def n_books(self) -> int:
+        return self.cfg.stages
 
     def fit(self, x: Tensor, weights: Tensor | None = None) -> "ResidualVQ":
         """Stage-wise k-means on residuals. ``x`` (n, d) float; ``weights`` None, (n,) or (n, d).
@@ -215,23 +212,8 @@ class ResidualVQ(Codec):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (n, S) int -> (n, d) float32, the sum of the chosen codewords."""
-        self._require_fitted()
-        codes = check_codes(codes, self.cfg.stages, self.cfg.k)
-        return sum_codewords(self.codebooks.to(codes.device), codes)
-
-    def bits_per_vector(self) -> float:
-        return self.cfg.stages * math.log2(self.cfg.k)
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        self._require_fitted()
-        return {"codebooks": self.codebooks}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> "ResidualVQ":
-        self.codebooks = load_codebooks(self, state, (self.cfg.stages, self.cfg.k, self.dim))
-        return self
+        codes, books = self._checked_codes(codes)
+        return sum_codewords(books, codes)
 
 
 def sum_codewords(books: Tensor, codes: Tensor) -> Tensor:
