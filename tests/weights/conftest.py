@@ -63,3 +63,13 @@ def text_file(tmp_path_factory):
 def calib():
     torch.manual_seed(0)
     return torch.randint(0, 256, (8, 64))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The solvers run many small ops; on the shared 2-core CI box one thread is several times
+    faster than two fighting other processes. Restored after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

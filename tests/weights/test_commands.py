@@ -1,0 +1,108 @@
+"""`vq compress | eval | generate` end to end on the tiny Llama folder, and the CLI's errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vq.cli import main
+
+from .conftest import TEXT
+
+SMALL = ["--dim", "2", "--index-bits", "4", "--group-size", "1024", "--calib-windows", "4"]
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_model_dir, text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "q"
+    rc = main(["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), "--threads", "1", *SMALL])
+    assert rc == 0
+    return out
+
+
+def test_compress_writes_a_loadable_directory(compressed):
+    cfg = json.loads((compressed / "vq_config.json").read_text())
+    assert cfg["compress"]["method"] == "gptvq"
+    assert len(cfg["layers"]) == 14
+    assert not (compressed.parent / "q.partial").exists()  # checkpoints removed after success
+    assert not (compressed.parent / "q.tmp").exists()
+
+
+def test_eval_json(compressed, text_file, tiny_model_dir, capsys):
+    capsys.readouterr()
+    assert main(["eval", str(compressed), "--text", str(text_file), "--json"]) == 0
+    q = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", str(tiny_model_dir), "--text", str(text_file), "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for r in (q, ref):
+        assert {"perplexity", "tokens", "bits_per_weight"} <= set(r)
+        assert r["tokens"] == len(TEXT.encode()) // 512 * 511  # byte tokenizer: one token per byte
+    assert ref["bits_per_weight"] == 32.0
+    cfg = json.loads((compressed / "vq_config.json").read_text())
+    assert q["bits_per_weight"] == cfg["bits"]["bits_per_weight"]
+
+
+def test_generate(compressed, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(compressed), "The quick", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+
+
+def test_unknown_method(tiny_model_dir, tmp_path, capsys):
+    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--method", "awq"]) == 1
+    assert "unknown method 'awq'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_text_shorter_than_one_window(tiny_model_dir, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    assert main(["eval", str(tiny_model_dir), "--text", str(short)]) == 1
+    assert "shorter than one 512-token window" in capsys.readouterr().err
+    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "y"), "--text", str(short), *SMALL]) == 1
+    assert "shorter than one 512-token window" in capsys.readouterr().err
+
+
+def test_truncated_model_file(compressed, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(compressed, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:1000])
+    assert main(["generate", str(bad), "hi"]) == 1
+    assert "corrupted or truncated" in capsys.readouterr().err
+
+
+def test_missing_model(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nothing")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_resume_continues_a_killed_run(tiny_model_dir, text_file, tmp_path, compressed):
+    """A leftover checkpoint directory from a killed run is picked up by --resume and gives the
+    same stored tensors as the uninterrupted run."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from vq.weights import pipeline
+
+    out = tmp_path / "r"
+    args = ["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), "--threads", "1", *SMALL]
+    real = pipeline._save_block
+
+    def die_after_first(*a, **k):
+        real(*a, **k)
+        raise RuntimeError("killed")
+
+    pipeline._save_block = die_after_first
+    try:
+        assert main(args) == 1
+    finally:
+        pipeline._save_block = real
+    assert (tmp_path / "r.partial" / "state.json").exists() and not out.exists()
+    assert main([*args, "--resume"]) == 0
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(compressed / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    shutil.rmtree(out)
