@@ -209,8 +209,10 @@ def dequantize(
     layout: VQLayout,
     rows: slice | None = None,
     out: Tensor | None = None,
+    round_to_codebook_dtype: bool = True,
 ) -> Tensor:
-    """Dense weight rows ``rows`` (default all): (n_rows, in) in the codebooks' dtype.
+    """Dense weight rows ``rows`` (default all): (n_rows, in) in the codebooks' dtype (or, with
+    ``round_to_codebook_dtype=False``, in float32 / float64 as computed).
 
     Bit-identical to :func:`vq_kernels.reference.dequantize` (same summation order). ``out``: an
     optional float32 buffer with at least ``n_rows * in`` elements to decode into (reusing one
@@ -243,7 +245,7 @@ def dequantize(
         for m in range(1, lay.M):
             w = w + cb[rt, ct, m, codes[:, :, m]]
         w = (w * sc[r0:r1, None, None]).reshape(r1 - r0, lay.in_features)
-    return w.to(codebooks.dtype)
+    return w.to(codebooks.dtype) if round_to_codebook_dtype else w
 
 
 def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
@@ -260,14 +262,16 @@ def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
     buf = torch.empty(min(ROW_CHUNK, lay.out_features) * lay.in_features)  # reused: no page faults
     for r0 in range(0, lay.out_features, ROW_CHUNK):
         r1 = min(r0 + ROW_CHUNK, lay.out_features)
-        w = dequantize(index, codebooks, scales, lay, slice(r0, r1), out=buf).to(acc)  # (n, in)
+        w = dequantize(index, codebooks, scales, lay, slice(r0, r1), buf, round_to_codebook_dtype=False).to(acc)
         torch.matmul(w, xa.T, out=y[r0:r1])  # (n, B)
-    y = y.T
-    return y.to(x.dtype)
+    y = y.T  # (B, out)
+    return y.to(x.dtype).contiguous()
 
 
 def linear(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
-    """x (B, in) -> (B, out): LUT-GEMV up to ``GEMV_MAX_BATCH`` rows, tiled GEMM above."""
-    if x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_BATCH and x.dtype != torch.float64:
+    """x (B, in) -> (B, out): LUT-GEMV up to ``GEMV_MAX_BATCH`` rows when tables pay off for this
+    layout (:attr:`VQLayout.lut_pays_off`), tiled dequantize + GEMM otherwise."""
+    small = x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_BATCH
+    if small and x.dtype != torch.float64 and layout.lut_pays_off:
         return lut_gemv(x, index, codebooks, scales, layout)
     return lut_gemm(x, index, codebooks, scales, layout)

@@ -84,6 +84,14 @@ class VQLayout:
         """Code bits per weight (codebooks and scales excluded)."""
         return self.M * self.bits / self.d
 
+    @property
+    def lut_pays_off(self) -> bool:
+        """Whether per-input tables beat decoding the weight: the tables cost ``R_t * in * M * K``
+        multiply-adds per batch row against ``out * in`` for a dense product, so they pay off
+        while ``R_t * M * K <= 2 * out`` (measured on CPU: a 2x8 global codebook at 576x576 is
+        3x faster by table; GPTVQ-style 16x16-group tiles at 4096x4096 are 3x slower)."""
+        return self.row_tiles * self.M * self.K <= 2 * self.out_features
+
     def config(self) -> dict[str, int]:
         return asdict(self)
 

@@ -7,7 +7,9 @@ All functions take *logical* codes ``(out, n_groups, M)`` (use
 
 Arithmetic: float16/bfloat16 inputs are upcast to float32, float64 stays float64. The sum over
 ``m`` runs in order ``m = 0, 1, ...`` and is then multiplied by the scale — the Triton decode
-kernel uses the same order, so decode results match bit for bit.
+kernel uses the same order, so decode results match bit for bit. ``dequantize`` rounds the
+result to the codebooks' dtype; ``vq_linear`` multiplies with the unrounded float32/float64
+weight (what the fused kernels compute).
 """
 from __future__ import annotations
 
@@ -41,11 +43,16 @@ def dequantize(
     Returns:
         (out, n_groups * d) weight in ``codebooks.dtype``.
     """
+    return _decode(codes, codebooks, scales, tile_rows, tile_groups).to(codebooks.dtype)
+
+
+def _decode(codes: Tensor, codebooks: Tensor, scales: Tensor, tile_rows: int | None, tile_groups: int | None, acc: torch.dtype | None = None) -> Tensor:
+    """(out, in) weight in the accumulation dtype (float32, or float64 when any input is)."""
     layout = VQLayout.infer(codes, codebooks, tile_rows=tile_rows, tile_groups=tile_groups, bits=16)
     layout.check_logical_codes(codes)
     layout.check_codebooks(codebooks, scales)
     out, n_groups, m_books = codes.shape
-    acc = accum_dtype(codebooks.dtype, scales.dtype)
+    acc = acc or accum_dtype(codebooks.dtype, scales.dtype)
     cb = codebooks.to(acc)
     codes = codes.long().to(cb.device)
     rt = (torch.arange(out, device=cb.device) // layout.tile_rows)[:, None]  # (out, 1)
@@ -54,7 +61,7 @@ def dequantize(
     for m in range(1, m_books):
         w = w + cb[rt, ct, m, codes[:, :, m]]
     w = w * scales.to(acc)[:, None, None]
-    return w.reshape(out, n_groups * layout.d).to(codebooks.dtype)  # (out, in_features)
+    return w.reshape(out, n_groups * layout.d)  # (out, in_features)
 
 
 def vq_linear(
@@ -69,11 +76,11 @@ def vq_linear(
 
     The product runs in float64 when x or the codebooks are float64, else float32.
     """
-    w = dequantize(codes, codebooks, scales, tile_rows, tile_groups)
     layout = VQLayout.infer(codes, codebooks, tile_rows=tile_rows, tile_groups=tile_groups, bits=16)
     check_input(x, layout)
-    acc = accum_dtype(x.dtype, w.dtype)
-    y = x.to(acc) @ w.to(acc).T  # (..., out)
+    acc = accum_dtype(x.dtype, codebooks.dtype, scales.dtype)
+    w = _decode(codes, codebooks, scales, tile_rows, tile_groups, acc)  # (out, in), not rounded
+    y = x.to(acc) @ w.T  # (..., out)
     return y.to(x.dtype)
 
 

@@ -13,7 +13,8 @@ Three tiers per op: a private ``@triton.jit`` kernel, a launcher here that valid
   split-K slices of the groups): each program decodes its codes, gathers the table entries and
   sums them over its slice only, writing one partial per slice (no whole row of K is ever held
   in registers). The partials are summed and scaled on the host side (deterministic order).
-  Layouts with K > ``LUT_MAX_K`` (tables too large) use the GEMM kernel instead.
+  Layouts with K > ``LUT_MAX_K`` or many row tiles (``VQLayout.lut_pays_off`` false) use the
+  GEMM kernel instead.
 * ``lut_gemm``: one program per (batch block, output block); the loop over the input dimension
   dequantizes a (BLOCK_N, BLOCK_C) weight tile in registers and accumulates ``tl.dot(x, W^T)``.
   float32 inputs use ``input_precision="ieee"`` (no TF32), half inputs the tensor cores.
@@ -223,15 +224,27 @@ def dequantize(codes: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayou
     return w.to(codebooks.dtype) if host_cast else w
 
 
-def lut_gemv(x: Tensor, codes: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout, split_k: int | None = None) -> Tensor:
-    """x (B, in), B <= 8 -> (B, out) in x's dtype: per-group tables, then split-K gathered sums."""
+def lut_gemv(
+    x: Tensor,
+    codes: Tensor,
+    codebooks: Tensor,
+    scales: Tensor,
+    layout: VQLayout,
+    split_k: int | None = None,
+    force_lut: bool = False,
+) -> Tensor:
+    """x (B, in), B <= 8 -> (B, out) in x's dtype: per-group tables, then split-K gathered sums.
+
+    ``split_k``: number of slices of the groups (default: enough programs for ~4 waves);
+    ``force_lut``: use the tables even where the layout says decoding is cheaper (tests).
+    """
     lay = layout
     _check_weights(codes, codebooks, scales, lay)
     _check_x(x, lay, codes)
     b = x.shape[0]
     if not 1 <= b <= GEMV_MAX_BATCH:
         raise ValueError(f"lut_gemv takes 1 <= B <= {GEMV_MAX_BATCH} rows, got {b}")
-    if lay.K > LUT_MAX_K:
+    if lay.K > LUT_MAX_K or not (lay.lut_pays_off or force_lut):  # tables too large or too many: decode instead
         return lut_gemm(x, codes, codebooks, scales, lay)
     dev = x.device
     j = lay.n_groups * lay.M

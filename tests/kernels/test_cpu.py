@@ -116,3 +116,20 @@ def test_native_build_falls_back_without_compiler(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "False [[4.0, 4.0, 4.0]]"
+
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake (meta) implementations and dispatch of every op agree (torch.library.opcheck)."""
+    from vq_kernels.layout import VQLayout
+
+    g = torch.Generator().manual_seed(9)
+    codes = torch.randint(0, 16, (10, 6, 2), generator=g)
+    cb, sc = torch.randn(2, 1, 2, 16, 4, generator=g), torch.rand(10, generator=g) + 0.5
+    lay = VQLayout(10, 24, 4, 2, 16, 4, 5, 6)
+    packed = pack_codes(codes, 4)
+    meta = (24, 4, 5, 6)
+    x1, x9 = torch.randn(1, 24, generator=g), torch.randn(9, 24, generator=g)
+    torch.library.opcheck(torch.ops.vq.dequantize.default, (packed, cb, sc, *meta))
+    torch.library.opcheck(torch.ops.vq.lut_gemv.default, (x1, packed, cb, sc, *meta))
+    torch.library.opcheck(torch.ops.vq.lut_gemm.default, (x9, packed, cb, sc, *meta))
+    torch.library.opcheck(torch.ops.vq.cpu_linear.default, (x1, cpu.prepare(codes, lay), cb, sc, *meta))

@@ -58,7 +58,7 @@ def test_gemv_matches_float64(case, rel_err):
     for b, split_k in [(1, None), (3, 1), (8, 3)]:
         x = torch.randn(b, case.inp, generator=torch.Generator().manual_seed(b)).to(DEVICE)
         ref = reference.vq_linear(x.double(), codes.to(DEVICE), cb.double(), sc.double(), lay.tile_rows, lay.tile_groups)
-        y = tk.lut_gemv(x, packed, cb, sc, lay, split_k=split_k)
+        y = tk.lut_gemv(x, packed, cb, sc, lay, split_k=split_k, force_lut=True)
         assert y.shape == (b, case.out) and y.dtype == torch.float32
         assert rel_err(y, ref) < 1e-5, (b, split_k)
 
