@@ -45,7 +45,7 @@ class Experiment:
     n_train: int = 50_000
     n_test: int = 20_000
     beam: int = 5
-    kmeans_niter: int = 20
+    kmeans_niter: int = 10  # faiss ResidualQuantizer default (cp.niter)
     aq_niter: int = 4
     lsq_train_iters: int = 25  # faiss's default
     threads: int = 1
