@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 
 #: largest batch served by the LUT path; the gather reads B contiguous floats per code
 GEMV_MAX_BATCH = 8
-#: bytes of lookup table per work item of the C++ kernel (see docs/results.md for the sweep)
-TABLE_BYTES = int(os.environ.get("VQ_KERNELS_TABLE_BYTES", 32 << 10))
+#: bytes of B = 1 lookup table per work item of the C++ kernel (B > 1: times the vector width).
+#: Sweep at 4096x4096 2x8 (row-major index, warm caches), one thread, CPU time, dense fp32
+#: 5.76 / 18.70 ms at B = 1 / 8 — B=1: 32K 6.66, 128K 3.24, 256K 2.83, 512K 2.93, 1M 3.46 ms;
+#: B=8 (x8 bytes): 32K 13.61, 128K 9.57, 256K 6.94, 512K 5.91, 1M 5.50 ms.
+TABLE_BYTES = (128 << 10,)
 #: rows dequantized per step of the GEMM path (128 x 4096 fp32 = 2 MiB, about one L2)
 ROW_CHUNK = 128
 _SRC = Path(__file__).with_name("csrc") / "lut_cpu.cpp"
@@ -96,7 +99,7 @@ def _native() -> ctypes.CDLL | None:
         getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 13, ctypes.c_int]
         getattr(dll, name).restype = None
     for name in ("vq_dequantize_u8", "vq_dequantize_u16"):
-        getattr(dll, name).argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_int]
+        getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 11, ctypes.c_int]
         getattr(dll, name).restype = None
     return dll
 
@@ -111,26 +114,44 @@ def _suffix(idx: Tensor) -> str:
 
 
 # -- preparation --------------------------------------------------------------------------
+def index_chunk(layout: VQLayout) -> int:
+    """Codes per row chunk of the CPU index: the B = 1 table of one chunk fills ``TABLE_BYTES[0]``
+    (at most 128 codes: 128 KiB at K = 256 for B = 1, 1 MiB for B = 8)."""
+    return max(1, min(128, TABLE_BYTES[0] // (4 * layout.K)))
+
+
 def prepare(codes: Tensor, layout: VQLayout) -> Tensor:
     """Unpack and validate codes once for the CPU kernels.
+
+    The index is stored chunk-major, ``(n_chunks, out, jc)`` with ``jc = index_chunk(layout)``:
+    one work item of the kernels (a chunk of groups for a block of rows) then reads one
+    contiguous stretch of memory. Row-major ``(out, J)`` made every row a separate 128-byte
+    strided access; with cold caches that cost 5.3 vs 2.8 ms at 4096x4096, B = 1.
 
     Args:
         codes: packed (out, words_per_row) int32 or logical (out, n_groups, M) integer codes.
     Returns:
-        (out, n_groups * M) contiguous uint8 (K <= 256) or int16 (bit pattern of uint16).
+        (n_chunks, out, jc) contiguous uint8 (K <= 256) or int16 (bit pattern of uint16); the
+        codes past ``J = n_groups * M`` in the last chunk are 0.
     """
     if codes.dim() == 2:
         layout.check_packed_codes(codes, check_range=False)
         codes = unpack_codes(codes, layout.bits, layout.n_groups, layout.M)
     layout.check_logical_codes(codes)  # range [0, K) checked here, before any gather
-    flat = codes.reshape(layout.out_features, layout.n_groups * layout.M).cpu()  # (out, J)
+    out, j = layout.out_features, layout.n_groups * layout.M
+    jc = index_chunk(layout)
+    n_chunks = -(-j // jc)
+    flat = codes.reshape(out, j).cpu()  # (out, J)
+    flat = torch.cat([flat, flat.new_zeros(out, n_chunks * jc - j)], dim=1)  # (out, n_chunks*jc)
+    blocked = flat.reshape(out, n_chunks, jc).transpose(0, 1)  # (n_chunks, out, jc)
     if layout.K <= 256:
-        return flat.to(torch.uint8).contiguous()
-    return torch.where(flat >= 1 << 15, flat - (1 << 16), flat).to(torch.int16).contiguous()
+        return blocked.to(torch.uint8).contiguous()
+    return torch.where(blocked >= 1 << 15, blocked - (1 << 16), blocked).to(torch.int16).contiguous()
 
 
 def _check_index(idx: Tensor, layout: VQLayout) -> None:
-    want = (layout.out_features, layout.n_groups * layout.M)
+    jc = index_chunk(layout)
+    want = (-(-layout.n_groups * layout.M // jc), layout.out_features, jc)
     dtype = torch.uint8 if layout.K <= 256 else torch.int16
     if not isinstance(idx, Tensor) or idx.dtype != dtype or tuple(idx.shape) != want or not idx.is_contiguous():
         got = (idx.dtype, tuple(idx.shape)) if isinstance(idx, Tensor) else type(idx).__name__
@@ -139,8 +160,11 @@ def _check_index(idx: Tensor, layout: VQLayout) -> None:
         raise ValueError(f"index must be on the CPU, got {idx.device}")
 
 
-def _index_long(idx: Tensor) -> Tensor:
-    return idx.long() & 0xFFFF  # int16 holds uint16 bit patterns
+def _index_long(idx: Tensor, layout: VQLayout) -> Tensor:
+    """The prepared index back as (out, J) int64 codes."""
+    j = layout.n_groups * layout.M
+    flat = idx.transpose(0, 1).reshape(layout.out_features, -1)[:, :j]  # (out, J)
+    return flat.long() & 0xFFFF  # int16 holds uint16 bit patterns
 
 
 def _f32_codebooks(codebooks: Tensor, scales: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,7 +209,7 @@ def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
         if b == 1:  # the B == 1 table is built from codewords stored (d, K): vectorised over k
             cb = cb.transpose(-1, -2).contiguous()  # (R_t, C_t, M, d, K)
         bs = 1 if b == 1 else 2 if b == 2 else 4 if b <= 4 else 8  # table entry = one SIMD vector
-        jc = max(1, TABLE_BYTES // (lay.K * bs * 4))  # j per work item: its table fits TABLE_BYTES
+        jc = index_chunk(lay)  # j per work item = the index chunk
         threads = torch.get_num_threads()
         items = lay.row_tiles * -(-j // jc)
         row_blocks = max(1, -(-2 * threads // items))  # split rows too when there are few items
@@ -197,7 +221,7 @@ def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
     else:
         table = _tables(xf, cb, lay)  # (R_t, J, K, B)
         rows = torch.arange(lay.out_features) // lay.tile_rows  # (out,)
-        flat = (rows[:, None] * j + torch.arange(j)[None, :]) * lay.K + _index_long(index)  # (out, J)
+        flat = (rows[:, None] * j + torch.arange(j)[None, :]) * lay.K + _index_long(index, lay)  # (out, J)
         y = table.reshape(-1, b).index_select(0, flat.reshape(-1)).reshape(lay.out_features, j, b).sum(1)
     return (y * sc[:, None]).T.to(x.dtype).contiguous()  # (B, out)
 
@@ -235,10 +259,10 @@ def dequantize(
         getattr(dll, f"vq_dequantize_{_suffix(index)}")(
             index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
             lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles,
-            torch.get_num_threads(),
+            index_chunk(lay), lay.out_features, torch.get_num_threads(),
         )
     else:
-        codes = _index_long(index[r0:r1]).reshape(r1 - r0, lay.n_groups, lay.M)  # (n, G, M)
+        codes = _index_long(index, lay)[r0:r1].reshape(r1 - r0, lay.n_groups, lay.M)  # (n, G, M)
         rt = (torch.arange(r0, r1) // lay.tile_rows)[:, None]  # (n, 1)
         ct = (torch.arange(lay.n_groups) // lay.tile_groups)[None, :]  # (1, G)
         w = cb[rt, ct, 0, codes[:, :, 0]]  # (n, G, d)

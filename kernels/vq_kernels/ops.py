@@ -34,11 +34,11 @@ __all__ = ["dequantize", "lut_gemv", "lut_gemm", "cpu_linear", "vq_linear", "BAC
 GEMV_MAX_BATCH = 8
 
 
-def _layout(codes: Tensor, codebooks: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int) -> VQLayout:
+def _layout(out: int, codebooks: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int) -> VQLayout:
     if codebooks.dim() != 5:
         raise ValueError(f"codebooks must have shape (R_t, C_t, M, K, d), got {tuple(codebooks.shape)}")
     _, _, m, k, d = codebooks.shape
-    return VQLayout(codes.shape[0], in_features, d, m, k, bits, tile_rows, tile_groups)
+    return VQLayout(out, in_features, d, m, k, bits, tile_rows, tile_groups)
 
 
 # -- backends -----------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _backend(device: torch.device) -> Backend:
 def _dequantize_op(
     codes: Tensor, codebooks: Tensor, scales: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int
 ) -> Tensor:
-    lay = _layout(codes, codebooks, in_features, bits, tile_rows, tile_groups)
+    lay = _layout(codes.shape[0], codebooks, in_features, bits, tile_rows, tile_groups)
     return _backend(codebooks.device).dequantize(codes, codebooks, scales, lay)
 
 
@@ -124,7 +124,7 @@ def _linear_fake(x, codes, codebooks, scales, in_features, bits, tile_rows, tile
 def _lut_gemv_op(
     x: Tensor, codes: Tensor, codebooks: Tensor, scales: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int
 ) -> Tensor:
-    lay = _layout(codes, codebooks, in_features, bits, tile_rows, tile_groups)
+    lay = _layout(codes.shape[0], codebooks, in_features, bits, tile_rows, tile_groups)
     return _backend(x.device).gemv(x, codes, codebooks, scales, lay)
 
 
@@ -132,7 +132,7 @@ def _lut_gemv_op(
 def _lut_gemm_op(
     x: Tensor, codes: Tensor, codebooks: Tensor, scales: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int
 ) -> Tensor:
-    lay = _layout(codes, codebooks, in_features, bits, tile_rows, tile_groups)
+    lay = _layout(codes.shape[0], codebooks, in_features, bits, tile_rows, tile_groups)
     return _backend(x.device).gemm(x, codes, codebooks, scales, lay)
 
 
@@ -140,12 +140,17 @@ def _lut_gemm_op(
 def _cpu_linear_op(
     x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, in_features: int, bits: int, tile_rows: int, tile_groups: int
 ) -> Tensor:
-    lay = _layout(index, codebooks, in_features, bits, tile_rows, tile_groups)
+    lay = _layout(index.shape[1], codebooks, in_features, bits, tile_rows, tile_groups)  # (n_chunks, out, jc)
     return cpu.linear(x, index, codebooks, scales, lay)
 
 
-for _op in (_lut_gemv_op, _lut_gemm_op, _cpu_linear_op):
+for _op in (_lut_gemv_op, _lut_gemm_op):
     _op.register_fake(_linear_fake)
+
+
+@_cpu_linear_op.register_fake
+def _(x, index, codebooks, scales, in_features, bits, tile_rows, tile_groups):
+    return x.new_empty(x.shape[0], index.shape[1])
 
 
 # -- python entry points ------------------------------------------------------------------

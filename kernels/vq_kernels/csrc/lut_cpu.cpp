@@ -3,7 +3,9 @@
 //
 // Layouts (all contiguous, row-major):
 //   x         (B, in)              float32, B <= 8
-//   idx       (out, J)             uint8 (K <= 256) or uint16 (K <= 65536); J = n_groups * M, j = g*M + m
+//   idx       (n_chunks, out, jc)  uint8 (K <= 256) or uint16 (K <= 65536): codes of j = c*jc + jj,
+//                                  J = n_groups * M, j = g*M + m; chunk-major so a work item
+//                                  streams one contiguous block
 //   codebooks (R_t, C_t, M, K, d)  float32 (B > 1);   cbT (R_t, C_t, M, d, K) the same transposed (B == 1)
 //   y         (out, B)             float32: y[r, b] = sum_j x[b, g(j)] . codebooks[rt(r), ct(g), m(j), idx[r, j]]
 //
@@ -97,7 +99,7 @@ void lut_linear(const float* x, const C* idx, const float* cb, float* y, int64_t
       // 2. gather-sum for the rows of this item
       const int64_t n = j1 - j0;
       for (int64_t r = r0; r < r1; ++r) {
-        const C* ir = idx + r * J + j0;
+        const C* ir = idx + ((j0 / jc) * out + r) * jc;
         if (BS == 1) {
           float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 chains hide the add latency
           int64_t jj = 0;
@@ -171,27 +173,37 @@ void lut_linear_dispatch(const float* x, const C* idx, const float* cb, float* y
 template <typename C, int D>
 void dequantize_rows(const C* idx, const float* cb, const float* scales, float* w, int64_t r0, int64_t r1,
                      int64_t G, int64_t M, int64_t K, int64_t d, int64_t tile_rows, int64_t tile_groups,
-                     int64_t C_t, int nthreads) {
+                     int64_t C_t, int64_t jc, int64_t out, int nthreads) {
   const int64_t dd = D > 0 ? D : d;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t r = r0; r < r1; ++r) {
     const float s = scales[r];
     const float* cbr = cb + (r / tile_rows) * C_t * M * K * dd;
     float* wr = w + (r - r0) * G * dd;
-    const C* ir = idx + r * G * M;
+    // codes of row r, j = g*M + m: chunk j / jc at idx[(chunk * out + r) * jc + j % jc]
+    const C* ic = idx + r * jc;
+    int64_t jj = 0;
+    auto next_code = [&]() -> int64_t {
+      const int64_t c = ic[jj];
+      if (++jj == jc) {
+        jj = 0;
+        ic += out * jc;
+      }
+      return c;
+    };
     for (int64_t g0 = 0, ct = 0; g0 < G; g0 += tile_groups, ++ct) {  // no integer division per group
       const float* cbt = cbr + ct * M * K * dd;
       const int64_t g1 = g0 + tile_groups < G ? g0 + tile_groups : G;
       for (int64_t g = g0; g < g1; ++g) {
         float* __restrict__ out = wr + g * dd;
-        const float* __restrict__ c0 = cbt + static_cast<int64_t>(ir[g * M]) * dd;
+        const float* __restrict__ c0 = cbt + next_code() * dd;
         if (M == 1) {
           for (int64_t e = 0; e < dd; ++e) out[e] = c0[e] * s;
         } else {
           float acc[D > 0 ? D : 64];
           for (int64_t e = 0; e < dd; ++e) acc[e] = c0[e];
           for (int64_t m = 1; m < M; ++m) {
-            const float* __restrict__ cm = cbt + (m * K + ir[g * M + m]) * dd;
+            const float* __restrict__ cm = cbt + (m * K + next_code()) * dd;
             for (int64_t e = 0; e < dd; ++e) acc[e] += cm[e];
           }
           for (int64_t e = 0; e < dd; ++e) out[e] = acc[e] * s;
@@ -204,8 +216,9 @@ void dequantize_rows(const C* idx, const float* cb, const float* scales, float* 
 template <typename C>
 void dequantize_dispatch(const C* idx, const float* cb, const float* scales, float* w, int64_t r0, int64_t r1,
                          int64_t G, int64_t M, int64_t K, int64_t d, int64_t tile_rows, int64_t tile_groups,
-                         int64_t C_t, int nthreads) {
-#define VQ_DQ(D) dequantize_rows<C, D>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, nthreads)
+                         int64_t C_t, int64_t jc, int64_t out, int nthreads) {
+#define VQ_DQ(D) \
+  dequantize_rows<C, D>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, jc, out, nthreads)
   switch (d) {
     case 2: VQ_DQ(2); break;
     case 4: VQ_DQ(4); break;
@@ -239,14 +252,14 @@ void vq_lut_linear_u16(const float* x, const uint16_t* idx, const float* cb, flo
 
 void vq_dequantize_u8(const uint8_t* idx, const float* cb, const float* scales, float* w, int64_t r0,
                       int64_t r1, int64_t G, int64_t M, int64_t K, int64_t d, int64_t tile_rows,
-                      int64_t tile_groups, int64_t C_t, int nthreads) {
-  dequantize_dispatch<uint8_t>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, nthreads);
+                      int64_t tile_groups, int64_t C_t, int64_t jc, int64_t out, int nthreads) {
+  dequantize_dispatch<uint8_t>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, jc, out, nthreads);
 }
 
 void vq_dequantize_u16(const uint16_t* idx, const float* cb, const float* scales, float* w, int64_t r0,
-                       int64_t r1, int64_t G, int64_t M, int64_t K, int64_t d, int64_t tile_rows,
-                       int64_t tile_groups, int64_t C_t, int nthreads) {
-  dequantize_dispatch<uint16_t>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, nthreads);
+                      int64_t r1, int64_t G, int64_t M, int64_t K, int64_t d, int64_t tile_rows,
+                      int64_t tile_groups, int64_t C_t, int64_t jc, int64_t out, int nthreads) {
+  dequantize_dispatch<uint16_t>(idx, cb, scales, w, r0, r1, G, M, K, d, tile_rows, tile_groups, C_t, jc, out, nthreads);
 }
 
 }  // extern "C"
