@@ -91,6 +91,11 @@ def assign(
     x = check_vectors(x)
     c = check_vectors(centroids, dim=x.shape[1], name="centroids").to(x.device)
     w = check_weights(weights, x) if weights is not None else None
+    return _assign(x, c, w, chunk_bytes)
+
+
+def _assign(x: Tensor, c: Tensor, w: Tensor | None, chunk_bytes: int) -> tuple[Tensor, Tensor]:
+    """:func:`assign` on validated inputs (the inner loop of fit calls this every iteration)."""
     x32 = x.float()
     c32 = c.float()
     w_rows = w if (w is not None and w.dim() == 1) else None
@@ -139,9 +144,14 @@ def kmeans_plusplus(
     centers = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
     centers[0] = x[first]
 
-    def d2(c: Tensor) -> Tensor:  # (n,) distance of every row to one centre
-        diff = x - c
-        return (diff * diff * w_coord).sum(1) if w_coord is not None else (diff * diff).sum(1)
+    # (n,) distance of every row to one centre as matrix-vector products (no (n, d) temporaries):
+    # sum_j w_ij (x_ij - c_j)^2 = sum_j w_ij x_ij^2 - 2 (w*x)_i . c + w_i . c^2
+    wx = x if w_coord is None else w_coord * x  # (n, d)
+    row_const = (wx * x).sum(1)  # (n,)
+
+    def d2(c: Tensor) -> Tensor:
+        extra = (c * c).sum() if w_coord is None else w_coord @ (c * c)
+        return (row_const + extra - 2.0 * (wx @ c)).clamp_min_(0.0)
 
     closest = d2(centers[0])
     for j in range(1, k):
@@ -278,10 +288,10 @@ class KMeans(Codec):
         w_coord = w if (w is not None and w.dim() == 2) else None
         self.history = []
         for it in range(self.niter):
-            idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+            idx, dist = _assign(x, c, w, self.chunk_bytes)
             self.history.append(float(dist.double().sum()))
             c = self._update(x, idx, dist, w_rows, w_coord, c, gen)
-        idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+        idx, dist = _assign(x, c, w, self.chunk_bytes)
         self.inertia = float(dist.double().sum())
         self.centroids = c
         log.debug("kmeans(k=%d, n=%d, d=%d) torch: inertia %.6g", self.k, x.shape[0], x.shape[1], self.inertia)
@@ -322,7 +332,7 @@ class KMeans(Codec):
         wn = None if w is None else w.contiguous().numpy()
         km.train(xn, weights=wn, init_centroids=init)
         c = torch.from_numpy(km.centroids.copy())
-        idx, dist = assign(x, c, weights=w, chunk_bytes=self.chunk_bytes)
+        idx, dist = _assign(x, c, w, self.chunk_bytes)
         self.history = [float(v) for v in km.obj] if hasattr(km, "obj") else []
         self.inertia = float(dist.double().sum())
         self.centroids = c

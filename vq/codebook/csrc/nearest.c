@@ -37,9 +37,17 @@ void vq_nearest(const float *x, const float *w, const float *ct, const float *ct
                 int64_t n, int64_t d, int64_t kp, int64_t *idx, float *dist) {
     vi iota;
     for (int t = 0; t < VL; t++) iota[t] = t;
-    float a[TILE_P][64], b[TILE_P][64]; /* per-point coefficients, chunks of 64 dims */
+    /* per-point coefficients, computed once per tile: a = -2 w x, b = w (C99 VLA, 8 d floats) */
+    float a[TILE_P][d], b[TILE_P][d];
     for (int64_t i0 = 0; i0 < n; i0 += TILE_P) {
         int np = n - i0 < TILE_P ? (int)(n - i0) : TILE_P;
+        for (int p = 0; p < TILE_P; p++)
+            for (int64_t l = 0; l < d; l++) {
+                float xi = p < np ? x[(i0 + p) * d + l] : 0.0f;
+                float wi = (w && p < np) ? w[(i0 + p) * d + l] : 1.0f;
+                a[p][l] = -2.0f * wi * xi;
+                b[p][l] = wi;
+            }
         vf bv[TILE_P];
         vi bi[TILE_P];
         for (int p = 0; p < TILE_P; p++) { bv[p] = (vf){} + FLT_MAX; bi[p] = (vi){}; }
@@ -48,29 +56,16 @@ void vq_nearest(const float *x, const float *w, const float *ct, const float *ct
             if (w == 0) {
                 vf c0 = loadv(cn + j0);
                 for (int p = 0; p < TILE_P; p++) r[p] = c0;
+                for (int64_t l = 0; l < d; l++) {
+                    vf c = loadv(ct + l * kp + j0);
+                    for (int p = 0; p < TILE_P; p++) r[p] += a[p][l] * c;
+                }
             } else {
                 for (int p = 0; p < TILE_P; p++) r[p] = (vf){};
-            }
-            for (int64_t l0 = 0; l0 < d; l0 += 64) {
-                int64_t dl = d - l0 < 64 ? d - l0 : 64;
-                for (int p = 0; p < TILE_P; p++)
-                    for (int64_t l = 0; l < dl; l++) {
-                        float xi = p < np ? x[(i0 + p) * d + l0 + l] : 0.0f;
-                        float wi = (w && p < np) ? w[(i0 + p) * d + l0 + l] : 1.0f;
-                        a[p][l] = -2.0f * wi * xi;
-                        b[p][l] = wi;
-                    }
-                if (w == 0) {
-                    for (int64_t l = 0; l < dl; l++) {
-                        vf c = loadv(ct + (l0 + l) * kp + j0);
-                        for (int p = 0; p < TILE_P; p++) r[p] += a[p][l] * c;
-                    }
-                } else {
-                    for (int64_t l = 0; l < dl; l++) {
-                        vf c = loadv(ct + (l0 + l) * kp + j0);
-                        vf c2 = loadv(ct2 + (l0 + l) * kp + j0);
-                        for (int p = 0; p < TILE_P; p++) r[p] += b[p][l] * c2 + a[p][l] * c;
-                    }
+                for (int64_t l = 0; l < d; l++) {
+                    vf c = loadv(ct + l * kp + j0);
+                    vf c2 = loadv(ct2 + l * kp + j0);
+                    for (int p = 0; p < TILE_P; p++) r[p] += b[p][l] * c2 + a[p][l] * c;
                 }
             }
             vi jv = iota + (int32_t)j0;

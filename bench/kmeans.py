@@ -1,0 +1,142 @@
+"""k-means speed and quality: vq (auto and torch backends) vs faiss and scikit-learn.
+
+Same data, same k, same iterations, same (random) initialisation scheme, all peers in one run.
+Data: overlapping image patches from the images shipped with scikit-image and scikit-learn
+(d = 4: 2x2, d = 8: 2x4, d = 64: 8x8 grey patches), standardised. MSE is measured on all
+points at the final centroids. Prints a table and, as the last line, one JSON object.
+
+    .venv/bin/python bench/kmeans.py                 # the three shapes of issue #2
+    .venv/bin/python bench/kmeans.py --quick         # small shapes, a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from vq.codebook import KMeans, _native, assign
+
+
+@dataclass(frozen=True)
+class Shape:
+    n: int
+    d: int
+    k: int
+
+
+@dataclass(frozen=True)
+class Experiment:
+    shapes: tuple[Shape, ...] = (Shape(1_000_000, 4, 256), Shape(200_000, 8, 4096), Shape(100_000, 64, 1024))
+    niter: int = 20
+    seed: int = 0
+    sklearn: bool = True
+    repeats: int = 1
+
+
+def image_patches(n: int, d: int, seed: int) -> torch.Tensor:
+    """(n, d) float32 standardised grey patches (ph x pw = d) from the packaged images."""
+    from skimage import color, data
+    from sklearn.datasets import load_sample_images
+
+    imgs = [load_sample_images().images[i] for i in range(2)]
+    imgs += [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon")]
+    grey = [color.rgb2gray(im) if im.ndim == 3 else im / 255.0 for im in imgs]
+    ph = {4: 2, 8: 2, 16: 4, 64: 8}.get(d, 1)
+    pw = d // ph
+    rng = np.random.default_rng(seed)
+    per = -(-n // len(grey))
+    out = []
+    for g in grey:
+        g = np.asarray(g, dtype=np.float32)
+        r = rng.integers(0, g.shape[0] - ph, per)
+        c = rng.integers(0, g.shape[1] - pw, per)
+        idx_r = r[:, None, None] + np.arange(ph)[None, :, None]  # (per, ph, 1)
+        idx_c = c[:, None, None] + np.arange(pw)[None, None, :]  # (per, 1, pw)
+        out.append(g[idx_r, idx_c].reshape(per, d))  # (per, d)
+    x = np.concatenate(out)[:n]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def mse(x: torch.Tensor, c: torch.Tensor) -> float:
+    return float(assign(x, c)[1].double().mean())
+
+
+def timed(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def run_shape(s: Shape, e: Experiment) -> dict:
+    import faiss
+
+    x = image_patches(s.n, s.d, e.seed)
+    xn = x.numpy()
+    rows = {}
+
+    def faiss_fit():
+        km = faiss.Kmeans(s.d, s.k, niter=e.niter, seed=e.seed, max_points_per_centroid=-(-s.n // s.k),
+                          min_points_per_centroid=1)
+        km.train(xn)
+        return torch.from_numpy(km.centroids.copy())
+
+    t, c = timed(faiss_fit, e.repeats)
+    rows["faiss"] = (t, mse(x, c))
+    for name, backend in (("vq-auto", "auto"), ("vq-torch", "torch")):
+        t, km = timed(lambda: KMeans(s.k, niter=e.niter, init="random", backend=backend, seed=e.seed).fit(x), e.repeats)
+        rows[name] = (t, mse(x, km.centroids))
+    t, km = timed(lambda: KMeans(s.k, niter=e.niter, init="k-means++", backend="auto", seed=e.seed).fit(x), 1)
+    rows["vq-auto k-means++"] = (t, mse(x, km.centroids))
+    if e.sklearn:
+        from sklearn.cluster import KMeans as SKKMeans
+
+        t, sk = timed(lambda: SKKMeans(s.k, init="random", n_init=1, max_iter=e.niter, tol=0.0,
+                                       algorithm="lloyd", random_state=e.seed).fit(xn), 1)
+        rows["sklearn"] = (t, mse(x, torch.from_numpy(sk.cluster_centers_.astype(np.float32))))
+    tf, mf = rows["faiss"]
+    return {name: {"seconds": round(t, 3), "time_vs_faiss": round(t / tf, 3), "mse": m, "mse_vs_faiss": round(m / mf, 4)}
+            for name, (t, m) in rows.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
+    ap.add_argument("--no-sklearn", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="best-of-N timing for faiss and vq")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for every peer (torch, faiss, sklearn); 1 is robust on a busy machine")
+    args = ap.parse_args()
+    if args.threads is not None:
+        import faiss
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+    e = Experiment(sklearn=not args.no_sklearn, repeats=args.repeats)
+    if args.quick:
+        e = Experiment(shapes=(Shape(50_000, 4, 64), Shape(20_000, 8, 256), Shape(10_000, 64, 128)),
+                       sklearn=e.sklearn, repeats=e.repeats)
+    results = {}
+    print(f"threads={torch.get_num_threads()} native_kernel={_native.available()} cpu={platform.processor() or platform.machine()}")
+    print(f"{'shape (n,d,k)':>22} {'method':>18} {'seconds':>9} {'x faiss':>8} {'MSE':>10} {'MSE/faiss':>9}")
+    for s in e.shapes:
+        res = run_shape(s, e)
+        key = f"{s.n}x{s.d}x{s.k}"
+        results[key] = res
+        for name, r in res.items():
+            print(f"{key:>22} {name:>18} {r['seconds']:9.2f} {r['time_vs_faiss']:8.2f} {r['mse']:10.5f} {r['mse_vs_faiss']:9.4f}", flush=True)
+    print(json.dumps({"bench": "kmeans", "experiment": asdict(e), "results": results}))
+
+
+if __name__ == "__main__":
+    main()
