@@ -58,6 +58,9 @@ GEMV_MAX_BATCH = 8
 #: 5.76 / 18.70 ms at B = 1 / 8 — B=1: 32K 6.66, 128K 3.24, 256K 2.83, 512K 2.93, 1M 3.46 ms;
 #: B=8 (x8 bytes): 32K 13.61, 128K 9.57, 256K 6.94, 512K 5.91, 1M 5.50 ms.
 TABLE_BYTES = (128 << 10,)
+#: below this many codes a call runs on one thread: waking a second OpenMP thread cost up to
+#: 10 ms on this shared 2-core machine (1536x576, B=8), far more than the work
+PARALLEL_MIN_CODES = 1 << 18
 #: rows dequantized per step of the GEMM path (128 x 4096 fp32 = 2 MiB, about one L2)
 ROW_CHUNK = 128
 _SRC = Path(__file__).with_name("csrc") / "lut_cpu.cpp"
@@ -107,6 +110,10 @@ def _native() -> ctypes.CDLL | None:
 def native_available() -> bool:
     """True when the compiled C++ kernels load on this machine."""
     return _native() is not None
+
+
+def _threads(codes: int) -> int:
+    return torch.get_num_threads() if codes >= PARALLEL_MIN_CODES else 1
 
 
 def _suffix(idx: Tensor) -> str:
@@ -204,13 +211,13 @@ def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
     xf = x.float().contiguous()
     j = lay.n_groups * lay.M
     dll = _native()
-    if dll is not None:
+    if dll is not None and lay.d <= 64:
         y = torch.empty(lay.out_features, b)  # (out, B)
         if b == 1:  # the B == 1 table is built from codewords stored (d, K): vectorised over k
             cb = cb.transpose(-1, -2).contiguous()  # (R_t, C_t, M, d, K)
         bs = 1 if b == 1 else 2 if b == 2 else 4 if b <= 4 else 8  # table entry = one SIMD vector
         jc = index_chunk(lay)  # j per work item = the index chunk
-        threads = torch.get_num_threads()
+        threads = _threads(lay.out_features * j)
         items = lay.row_tiles * -(-j // jc)
         row_blocks = max(1, -(-2 * threads // items))  # split rows too when there are few items
         getattr(dll, f"vq_lut_linear_{_suffix(index)}")(
@@ -259,7 +266,7 @@ def dequantize(
         getattr(dll, f"vq_dequantize_{_suffix(index)}")(
             index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
             lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles,
-            index_chunk(lay), lay.out_features, torch.get_num_threads(),
+            index_chunk(lay), lay.out_features, _threads((r1 - r0) * lay.n_groups * lay.M),
         )
     else:
         codes = _index_long(index, lay)[r0:r1].reshape(r1 - r0, lay.n_groups, lay.M)  # (n, G, M)

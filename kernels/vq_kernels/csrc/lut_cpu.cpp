@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -62,13 +63,19 @@ void lut_linear(const float* x, const C* idx, const float* cb, float* y, int64_t
   const int64_t block_rows = (tile_rows + row_blocks - 1) / row_blocks;
   if (nthreads < 1) nthreads = 1;
   if (nthreads > items) nthreads = static_cast<int>(items);
-  std::vector<float> part(static_cast<size_t>(nthreads) * out * BS, 0.f);
+  // scratch kept per thread across calls: a fresh 128 KiB+ std::vector is an mmap + page faults
+  // each call (measured: 109 -> see docs/results.md us for 576x576, B=1)
+  static thread_local std::vector<float> part;
+  if (part.size() < static_cast<size_t>(nthreads) * out * BS) part.resize(static_cast<size_t>(nthreads) * out * BS);
+  std::fill(part.begin(), part.begin() + static_cast<size_t>(nthreads) * out * BS, 0.f);
+  float* part_ptr = part.data();
 #pragma omp parallel num_threads(nthreads)
   {
     const int tid = omp_get_thread_num();
-    float* yp = part.data() + static_cast<size_t>(tid) * out * BS;
-    std::vector<float> table(static_cast<size_t>(jc) * K * BS);
-    std::vector<V> xv(d);
+    float* yp = part_ptr + static_cast<size_t>(tid) * out * BS;
+    static thread_local std::vector<float> table;
+    if (table.size() < static_cast<size_t>(jc) * K * BS) table.resize(static_cast<size_t>(jc) * K * BS);
+    V xv[64];  // d <= 64 (checked by the Python launcher)
     float* T = table.data();
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
@@ -93,7 +100,7 @@ void lut_linear(const float* x, const C* idx, const float* cb, float* y, int64_t
             for (int64_t b = 0; b < B; ++b) v[b] = x[b * in + g * d + e];
             std::memcpy(&xv[e], v, sizeof(V));
           }
-          table_bs<BS, D>(cw, xv.data(), Tj, K, d);
+          table_bs<BS, D>(cw, xv, Tj, K, d);
         }
       }
       // 2. gather-sum for the rows of this item
@@ -138,7 +145,7 @@ void lut_linear(const float* x, const C* idx, const float* cb, float* y, int64_t
   for (int64_t r = 0; r < out; ++r)
     for (int64_t b = 0; b < B; ++b) {
       float s = 0.f;
-      for (int t = 0; t < nthreads; ++t) s += part[(static_cast<size_t>(t) * out + r) * BS + b];
+      for (int t = 0; t < nthreads; ++t) s += part_ptr[(static_cast<size_t>(t) * out + r) * BS + b];
       y[r * B + b] = s;
     }
 }
