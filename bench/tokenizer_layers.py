@@ -50,6 +50,7 @@ class Experiment:
     patch: int = 8
     heldout_factor: int = 10
     kmeans_niter: int = 10
+    baseline_points_per_code: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -193,12 +194,13 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     import faiss
 
     gen = torch.Generator().manual_seed(exp.seed)
-    sample = train[torch.randperm(train.shape[0], generator=gen)[: max(8 * k, 100_000)]].numpy()
+    n_fit = max(exp.baseline_points_per_code * k, 100_000)
+    sample = train[torch.randperm(train.shape[0], generator=gen)[:n_fit]].numpy()
     mean = sample.mean(0)
     _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
     basis = vt[: exp.dim].T.astype(np.float32)  # (p*p, d)
     feats = np.ascontiguousarray((sample - mean) @ basis)
-    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=8)
+    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=exp.baseline_points_per_code)
     t0 = time.perf_counter()
     km.train(feats)
     secs = time.perf_counter() - t0
@@ -222,12 +224,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=Experiment.batch)
     ap.add_argument("--dim", type=int, default=Experiment.dim)
     ap.add_argument("--kmeans-niter", type=int, default=Experiment.kmeans_niter)
+    ap.add_argument("--baseline-points-per-code", type=int, default=Experiment.baseline_points_per_code)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on a shared machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch,
-                     dim=args.dim, kmeans_niter=args.kmeans_niter)  # fmt: skip
+                     dim=args.dim, kmeans_niter=args.kmeans_niter,
+                     baseline_points_per_code=args.baseline_points_per_code)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train, pool = split_patches(exp.patch)

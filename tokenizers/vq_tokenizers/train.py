@@ -189,6 +189,8 @@ def _plots(out: Path, history: list[dict], model: nn.Module, sample: Tensor) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not history:
+        return
     steps = [h["step"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [h["loss"] for h in history], label="total")
@@ -279,7 +281,12 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
         opt.step()
         seen += x.shape[0] * world
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        budget_hit = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
+        if world > 1:  # every rank stops at the same step
+            flag = torch.tensor(float(budget_hit), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            budget_hit = bool(flag)
+        if done % cfg.log_every == 0 or done == cfg.steps or budget_hit:
             now = time.perf_counter()
             rate = seen / max(now - last_t, 1e-9)
             seen, last_t = 0, now
@@ -290,11 +297,6 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
             }  # fmt: skip
             history.append(h)
             bar.set_postfix(loss=f"{h['loss']:.4f}", used=f"{min(h['used_fraction']):.2f}", sps=f"{rate:.1f}")
-        budget_hit = cfg.time_budget_s is not None and time.perf_counter() - t0 > cfg.time_budget_s
-        if world > 1:  # every rank stops at the same step
-            flag = torch.tensor(float(budget_hit), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            budget_hit = bool(flag)
         if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit):
             _save_checkpoint(out / f"ckpt-{done:08d}.safetensors", model, opt, dict(meta_base, step=done, history=history))
         if budget_hit:
