@@ -146,7 +146,8 @@ def additive_beam_search(
     M, k, _ = books.shape
     x, books = x.float(), books.to(device=x.device, dtype=torch.float32)
     w = None if weights is None else weights.float()
-    per_row = 4 * (4 * beam * M * k + 4 * beam * M * d + 2 * M * k) + beam * beam * beam * (M + 1)
+    # bytes per vector: (b, M, k) scores and temporaries, (b, M, d) residuals, (t, t, M) duplicate test, t = beam²
+    per_row = 4 * (4 * beam * M * k + 4 * beam * M * d + 2 * M * k) + beam**4 * (M + 1)
     chunk = max(1, chunk_bytes // per_row)
     out = torch.empty(n, M, dtype=torch.long, device=x.device)
     err = torch.empty(n, dtype=torch.float32, device=x.device)
