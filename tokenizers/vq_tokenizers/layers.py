@@ -35,6 +35,7 @@ from vq.codebook import KMeans, assign, check_codes
 from vq.codebook.fsq import FSQ as FSQGrid
 from vq.codebook.metrics import stage_stats
 from vq.codebook.product import require_int
+from vq.codebook.simvq import simvq_basis, simvq_codebook
 
 __all__ = [
     "QuantizerStats",
@@ -259,7 +260,7 @@ class VectorQuantizer(nn.Module):
         self.project_in: nn.Module = nn.Linear(dim, c) if factorised else nn.Identity()
         self.project_out: nn.Module = nn.Linear(c, dim) if factorised else nn.Identity()
         self._make_codebook(c)
-        self.register_buffer("initialized", torch.tensor(not self._needs_init()))
+        self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         # EMA share of assignments per code (uniform = 1/K); drives re-seeding
         self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
@@ -283,9 +284,6 @@ class VectorQuantizer(nn.Module):
             self.codebook = nn.Parameter(init)
         else:
             self.register_buffer("codebook", init)
-
-    def _needs_init(self) -> bool:
-        return True
 
     def effective_codebook(self) -> Tensor:
         """(K, c) float32 codewords used for search and decode (with grad in gradient mode)."""
@@ -462,34 +460,52 @@ class VectorQuantizer(nn.Module):
 
 class SimVQ(VectorQuantizer):
     """SimVQ (Zhu et al. 2024, "Addressing Representation Collapse in Vector Quantized Models
-    with One Linear Layer"): codewords = frozen random basis @ learnable linear map, so every
-    code moves with every gradient step. Codebook by gradient (rotation trick by default);
-    no EMA, no re-seeding, no k-means init. State: ``basis`` (K, c) buffer, ``transform.weight``.
+    with One Linear Layer"): codewords = frozen random basis @ learnable linear map
+    (:func:`vq.codebook.simvq.simvq_codebook`), so every code moves with every gradient step.
+    Codebook by gradient (rotation trick by default); no EMA, no re-seeding.
+
+    Init (``init="data"``, default): on the first training batch ``W`` is set so the codebook's
+    second moment matches the encoder outputs' (``W = sqrt(c) chol(E[z z^T])^T``; the basis rows
+    have covariance I/c), broadcast from rank 0 — without it the random codebook's scale is
+    unrelated to the encoder's and a few codes take everything. ``init="random"``: W = I.
+    State: ``basis`` (K, c) buffer (:func:`vq.codebook.simvq.simvq_basis`), ``weight`` (c, c).
     """
 
     def __init__(self, dim: int, codebook_size: int, **options: Any):
-        for fixed in ("update", "init", "reseed"):
+        for fixed in ("update", "reseed"):
             if fixed in options:
                 raise ValueError(f"SimVQ fixes {fixed!r}; it cannot be set")
         options.setdefault("gradient", "rotation")
-        super().__init__(dim, codebook_size, update="gradient", init="random", reseed=False, **options)
+        options.setdefault("init", "data")
+        if options["init"] == "kmeans":
+            raise ValueError("SimVQ supports init='data' or 'random'")
+        super().__init__(dim, codebook_size, update="gradient", reseed=False, **options)
 
     def _make_codebook(self, c: int) -> None:
-        gen = torch.Generator().manual_seed(self.config.seed)
-        self.register_buffer("basis", torch.randn(self.codebook_size, c, generator=gen) * c**-0.5)
-        self.transform = nn.Linear(c, c, bias=False)
-        nn.init.eye_(self.transform.weight)
-
-    def _needs_init(self) -> bool:
-        return False
+        self.register_buffer("basis", simvq_basis(self.codebook_size, c, seed=self.config.seed))
+        self.weight = nn.Parameter(torch.eye(c))
 
     def effective_codebook(self) -> Tensor:
-        cb = self.transform(self.basis)  # (K, c) = basis @ W^T
+        cb = simvq_codebook(self.basis, self.weight)  # (K, c)
         return F.normalize(cb, dim=-1) if self.config.cosine else cb
 
     @property
     def codebook(self) -> Tensor:  # read-only view for callers that inspect codewords
         return self.effective_codebook()
+
+    @torch.no_grad()
+    def _maybe_init(self, z: Tensor) -> None:
+        if bool(self.initialized):
+            return
+        if self.config.init == "data":
+            c = z.shape[1]
+            second = z.T @ z / z.shape[0] + 1e-6 * torch.eye(c, device=z.device)  # (c, c)
+            w = math.sqrt(c) * torch.linalg.cholesky(second).T
+            self.weight.data.copy_(_broadcast(w.contiguous()))
+        self.initialized.fill_(True)
+
+    def _update(self, z: Tensor, codes: Tensor) -> None:
+        """Nothing to update outside the gradient step (no EMA, no re-seeding)."""
 
 
 # -- finite scalar quantization ------------------------------------------------------------------
