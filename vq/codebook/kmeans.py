@@ -289,10 +289,10 @@ class KMeans(Codec):
         self.history = []
         for it in range(self.niter):
             idx, dist = _assign(x, c, w, self.chunk_bytes)
-            self.history.append(float(dist.double().sum()))
+            self.history.append(float(dist.sum(dtype=torch.float64)))
             c = self._update(x, idx, dist, w_rows, w_coord, c, gen)
         idx, dist = _assign(x, c, w, self.chunk_bytes)
-        self.inertia = float(dist.double().sum())
+        self.inertia = float(dist.sum(dtype=torch.float64))
         self.centroids = c
         log.debug("kmeans(k=%d, n=%d, d=%d) torch: inertia %.6g", self.k, x.shape[0], x.shape[1], self.inertia)
 
@@ -306,9 +306,9 @@ class KMeans(Codec):
             num = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord * x)
             den = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord)
         else:
-            wr = torch.ones(x.shape[0], device=x.device) if w_rows is None else w_rows
-            num = torch.zeros(k, d, device=x.device).index_add_(0, idx, x * wr[:, None])
-            den = torch.zeros(k, device=x.device).index_add_(0, idx, wr)[:, None].expand(k, d)
+            xw = x if w_rows is None else x * w_rows[:, None]  # (n, d)
+            num = torch.zeros(k, d, device=x.device).index_add_(0, idx, xw)
+            den = torch.bincount(idx, weights=w_rows, minlength=k).to(x.dtype)[:, None].expand(k, d)
         c = torch.where(den > 0, num / den.clamp_min(1e-30), old)
         empty = torch.nonzero((den > 0).sum(1) == 0).flatten()
         if empty.numel():
@@ -334,5 +334,5 @@ class KMeans(Codec):
         c = torch.from_numpy(km.centroids.copy())
         idx, dist = _assign(x, c, w, self.chunk_bytes)
         self.history = [float(v) for v in km.obj] if hasattr(km, "obj") else []
-        self.inertia = float(dist.double().sum())
+        self.inertia = float(dist.sum(dtype=torch.float64))
         self.centroids = c
