@@ -61,6 +61,13 @@ def test_weighted_fit_beats_unweighted_on_weighted_objective(x, kind):
     assert objective(weighted) < 0.95 * objective(plain)
 
 
+def test_group_with_zero_importance_still_fits(x):
+    w = torch.ones_like(x)
+    w[:, 2:4] = 0.0  # group 1 has no importance anywhere
+    q = ProductVQ(8, 4, 8, niter=3).fit(x, weights=w)
+    assert torch.isfinite(q.codebooks).all() and q.codebooks[1].unique(dim=0).shape[0] == 8
+
+
 def test_close_to_faiss_product_quantizer(x):
     faiss = pytest.importorskip("faiss")
     before = faiss.omp_get_max_threads()

@@ -173,13 +173,13 @@ def least_squares_codebooks(
     dev = x.device
     x64, old64 = x.double(), old.double().reshape(Mk, d)  # (M, k, d) -> (M k, d)
     col = codes + torch.arange(M, device=dev) * k  # (n, M) column of B holding each one
-    pair = (col[:, :, None] * Mk + col[:, None, :]).reshape(n, M * M)  # flat index into BᵀB
 
     def gram(wi: Tensor | None) -> Tensor:  # Bᵀ diag(wi) B, (Mk, Mk)
         g = torch.zeros(Mk * Mk, dtype=torch.float64, device=dev)
-        step = max(1, (1 << 24) // (M * M))
+        step = max(1, (1 << 22) // (M * M))  # rows per chunk: 4M code pairs at a time
         for lo in range(0, n, step):
-            p = pair[lo : lo + step].reshape(-1)
+            cl = col[lo : lo + step]
+            p = (cl[:, :, None] * Mk + cl[:, None, :]).reshape(-1)  # (rows M M,) flat index into BᵀB
             v = None if wi is None else wi[lo : lo + step, None].expand(-1, M * M).reshape(-1)
             g += torch.bincount(p, weights=v, minlength=Mk * Mk).double()
         return g.reshape(Mk, Mk)

@@ -155,6 +155,8 @@ class ProductVQ(CodebookStack):
         for g in range(self.cfg.groups):
             cols = slice(g * ds, (g + 1) * ds)
             wg = None if w is None else (w if w.dim() == 1 else w[:, cols])  # (n,) or (n, ds)
+            if wg is not None and not bool((wg > 0).any()):
+                wg = None  # a group nobody cares about: any codebook is optimal, fit it unweighted
             km = KMeans(self.cfg.k, niter=self.cfg.niter, backend=self.cfg.backend, seed=self.cfg.seed + g)
             books.append(km.fit(x[:, cols], weights=wg).centroids.float())
             log.debug("ProductVQ group %d/%d fitted, inertia %.4g", g + 1, self.cfg.groups, km.inertia)
