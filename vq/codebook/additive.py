@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vq.codebook.product import CodebookStack, require_backend, require_int, require_k_le_n
+from vq.codebook.product import CodebookStack, require_fields, require_int, require_k_le_n
 from vq.codebook.protocol import check_vectors, check_weights, register_codec
 from vq.codebook.residual import CHUNK_BYTES, ResidualVQ, residual_beam_search, sum_codewords, weighted_sq
 
@@ -56,15 +56,7 @@ class AdditiveVQConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        require_int("dim", self.dim, 1)
-        require_int("codebooks", self.codebooks, 1)
-        require_int("k", self.k, 1)
-        require_int("niter", self.niter, 0)
-        require_int("beam", self.beam, 1)
-        require_int("seed", self.seed, 0)
-        require_int("steps", self.steps, 0)
-        require_int("kmeans_niter", self.kmeans_niter, 0)
-        require_backend(self.backend)
+        require_fields(self, codebooks=1, beam=1, steps=0, kmeans_niter=0)
         if not isinstance(self.ridge, (int, float)) or not (self.ridge > 0 and math.isfinite(self.ridge)):
             raise ValueError(f"ridge must be a positive finite float, got {self.ridge!r}")
         if self.codebooks * self.k > 8192:
@@ -280,12 +272,9 @@ class AdditiveVQ(CodebookStack):
     def encode(self, x: Tensor, beam: int | None = None, weights: Tensor | None = None) -> Tensor:
         """``x`` (n, d) -> codes (n, M) int64: residual-order beam search, then ``steps`` rounds
         of additive beam search. ``weights`` (n, d) weights the error per coordinate."""
-        self._require_fitted()
+        x, w = self._encode_inputs(x, weights)
         beam = self.cfg.beam if beam is None else beam
         require_int("beam", beam, 1)
-        x = check_vectors(x, self.dim)
-        w = check_weights(weights, x)
-        w = None if w is None or w.dim() == 1 else w
         codes, _ = residual_beam_search(x, self.codebooks, beam, w)
         return additive_beam_search(x, self.codebooks, codes, beam, self.cfg.steps, w)[0]
 

@@ -40,6 +40,14 @@ def require_backend(backend: Any) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def require_fields(cfg: Any, **minimum: int) -> None:
+    """Validate a config's ``dim``, ``k``, ``niter``, ``seed``, ``backend`` and the int fields
+    named in ``minimum`` (field name -> smallest allowed value)."""
+    for name, low in {"dim": 1, "k": 1, "niter": 0, "seed": 0, **minimum}.items():
+        require_int(name, getattr(cfg, name), low)
+    require_backend(cfg.backend)
+
+
 def require_k_le_n(k: int, n: int) -> None:
     """k-means needs at least k training vectors."""
     if k > n:
@@ -92,6 +100,14 @@ class CodebookStack(Codec):
         self.codebooks = books.clone()
         return self
 
+    def _encode_inputs(self, x: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Validate :meth:`encode`'s inputs; return x and the per-coordinate (n, d) weights or
+        None ((n,) weights scale a vector's error but do not change its best code)."""
+        self._require_fitted()
+        x = check_vectors(x, self.dim)
+        w = check_weights(weights, x)
+        return x, (None if w is None or w.dim() == 1 else w)
+
     def _checked_codes(self, codes: Tensor) -> tuple[Tensor, Tensor]:
         """Validate codes (n, m) for :meth:`decode`; return them (int64) and the codebooks on their device."""
         self._require_fitted()
@@ -110,12 +126,7 @@ class ProductVQConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        require_int("dim", self.dim, 1)
-        require_int("groups", self.groups, 1)
-        require_int("k", self.k, 1)
-        require_int("niter", self.niter, 0)
-        require_int("seed", self.seed, 0)
-        require_backend(self.backend)
+        require_fields(self, groups=1)
         if self.dim % self.groups:
             raise ValueError(f"dim = {self.dim} is not divisible by groups = {self.groups}")
 
@@ -167,11 +178,7 @@ class ProductVQ(CodebookStack):
         """Nearest sub-centroid per group. ``x`` (n, d) -> codes (n, groups) int64.
 
         ``weights`` (n, d) (optional) makes the search per-coordinate weighted."""
-        self._require_fitted()
-        x = check_vectors(x, self.dim)
-        w = check_weights(weights, x)
-        if w is not None and w.dim() == 1:
-            w = None  # a per-sample weight does not change the nearest centroid
+        x, w = self._encode_inputs(x, weights)
         ds, books = self.book_width, self.codebooks.to(x.device)
         cols = [slice(g * ds, (g + 1) * ds) for g in range(self.cfg.groups)]
         codes = [assign(x[:, c].float(), books[g], None if w is None else w[:, c].float())[0] for g, c in enumerate(cols)]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans
-from vq.codebook.product import CodebookStack, require_backend, require_int, require_k_le_n
+from vq.codebook.product import CodebookStack, require_fields, require_int, require_k_le_n
 from vq.codebook.protocol import check_vectors, check_weights, register_codec
 
 __all__ = ["ResidualVQ", "ResidualVQConfig", "residual_beam_search", "sum_codewords", "weighted_sq"]
@@ -42,14 +42,7 @@ class ResidualVQConfig:
     train_beam: int = 1
 
     def __post_init__(self) -> None:
-        require_int("dim", self.dim, 1)
-        require_int("stages", self.stages, 1)
-        require_int("k", self.k, 1)
-        require_int("niter", self.niter, 0)
-        require_int("beam", self.beam, 1)
-        require_int("seed", self.seed, 0)
-        require_int("train_beam", self.train_beam, 1)
-        require_backend(self.backend)
+        require_fields(self, stages=1, beam=1, train_beam=1)
 
 
 def weighted_sq(r: Tensor, w: Tensor | None) -> Tensor:
@@ -202,12 +195,9 @@ class ResidualVQ(CodebookStack):
         """``x`` (n, d) -> codes (n, S) int64 by beam search (``beam`` defaults to the config's).
 
         ``weights`` (n, d) (optional) weights the squared error per coordinate."""
-        self._require_fitted()
+        x, w = self._encode_inputs(x, weights)
         beam = self.cfg.beam if beam is None else beam
         require_int("beam", beam, 1)
-        x = check_vectors(x, self.dim)
-        w = check_weights(weights, x)
-        w = None if w is None or w.dim() == 1 else w  # a per-sample weight does not change the argmin
         return residual_beam_search(x, self.codebooks, beam, w)[0]
 
     def decode(self, codes: Tensor) -> Tensor:
