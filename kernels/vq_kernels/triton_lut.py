@@ -256,7 +256,8 @@ def lut_gemv(
         x, codebooks, table, b, lay.in_features, j, lay.group_tiles, lay.tile_groups,
         M=lay.M, K=lay.K, D=lay.d, DP=dp, BP=bp, BLOCK=block,
     )
-    block_r, block_j = (64, 32) if not interpreting() else (64, 64)
+    # GPU: about 2K gathered values per program (64 rows x 32/BP groups x BP) to stay in registers
+    block_r, block_j = (64, max(4, 32 // bp)) if not interpreting() else (64, 64)
     row_blocks = triton.cdiv(lay.out_features, block_r)
     if split_k is None:  # enough programs to fill the GPU: about 4 waves of 132 SMs
         split_k = max(1, min(triton.cdiv(j, 4 * block_j), triton.cdiv(528, row_blocks)))
