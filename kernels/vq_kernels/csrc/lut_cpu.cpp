@@ -105,8 +105,9 @@ void lut_linear(const float* x, const C* idx, const float* cb, float* y, int64_t
       }
       // 2. gather-sum for the rows of this item
       const int64_t n = j1 - j0;
+      const C* chunk = idx + (j0 / jc) * out * jc;  // (out, jc) block of this chunk
       for (int64_t r = r0; r < r1; ++r) {
-        const C* ir = idx + ((j0 / jc) * out + r) * jc;
+        const C* ir = chunk + r * jc;
         if (BS == 1) {
           float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // 8 chains hide the add latency
           int64_t jj = 0;
