@@ -106,3 +106,14 @@ def test_resume_continues_a_killed_run(tiny_model_dir, text_file, tmp_path, comp
     a, b = load_file(str(out / "model.safetensors")), load_file(str(compressed / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     shutil.rmtree(out)
+
+
+def test_demo_on_the_tiny_model(tiny_model_dir, text_file, tmp_path, capsys):
+    capsys.readouterr()
+    rc = main(["demo", "--model", str(tiny_model_dir), "--out", str(tmp_path / "demo"), "--text", str(text_file),
+               "--eval-text", str(text_file), "--eval-windows", "2", "--prompt", "The quick", "--threads", "1",
+               *SMALL])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "bits/weight" in out and "perplexity" in out and "reloaded" in out
+    assert (tmp_path / "demo" / "vq_config.json").exists()

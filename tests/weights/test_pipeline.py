@@ -181,3 +181,17 @@ def test_config_round_trips_through_json():
     for method in ("rtn", "gptq", "gptvq"):
         c = CompressConfig(solver=method_config(method, 2), seed=7)
         assert CompressConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_dim_must_divide_in_features_checked_up_front(calib):
+    solver = GPTVQConfig(dim=3, index_bits=4, group_size=1024, block_cols=48)  # 64 % 3 != 0
+    with pytest.raises(ValueError, match=r"in_features=64, not a multiple of dim=3"):
+        compress(tiny_llama(), CompressConfig(solver=solver), calib, progress=False)
+
+
+def test_resume_from_a_corrupted_checkpoint(calib, tmp_path):
+    compress(tiny_llama(), _config(), calib, checkpoint_dir=tmp_path / "k", progress=False)
+    f = tmp_path / "k" / "block_0000.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ValueError, match="block_0000.safetensors is corrupted or truncated"):
+        compress(tiny_llama(), _config(), calib, checkpoint_dir=tmp_path / "k", resume=True, progress=False)

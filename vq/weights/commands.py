@@ -50,14 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="compressed directory, transformers folder, .gguf file or 'smollm2'")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--repetition-penalty", type=float, default=1.2, help="greedy decoding's repetition penalty")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="compress SmolLM2-135M to ~2 bits, evaluate, reload, generate")
+    p.add_argument("--model", default="smollm2", help="model to compress (default: the built-in smollm2)")
     p.add_argument("--out", default="demo_out/smollm2-gptvq-2bit", help="output directory")
     _add_compress_args(p, sorted(METHODS))
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluate only the first N held-out windows")
-    p.add_argument("--prompt", default="What is a Python list comprehension?")
+    p.add_argument("--eval-text", default="pydoc", help="evaluation text file, or 'pydoc' (its held-out 20%%)")
+    p.add_argument("--eval-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--prompt", default="The Python programming language is")
     p.set_defaults(func=cmd_demo)
 
 
@@ -182,18 +186,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+def _generate(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = False,
+              repetition_penalty: float = 1.2) -> str:
+    """Greedy continuation of ``prompt`` (through the chat template when ``chat``)."""
     import torch
 
-    if getattr(tokenizer, "chat_template", None):
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--chat: this tokenizer has no chat template")
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+                             do_sample=False, repetition_penalty=repetition_penalty,
+                             pad_token_id=tokenizer.eos_token_id)
+    text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return text.strip() if chat else prompt + text
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -201,7 +211,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise ValueError("--max-new-tokens must be >= 1")
     model, tok, _ = _load_any(args.model)
-    _out(_generate(model, tok, args.prompt, args.max_new_tokens))
+    _out(_generate(model, tok, args.prompt, args.max_new_tokens, args.chat, args.repetition_penalty))
     return 0
 
 
@@ -212,33 +222,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _threads(args)
     t_all = time.perf_counter()
     out = Path(args.out)
-    spec = "smollm2"
+    spec = args.model
     t0 = time.perf_counter()
     tok = hf.load_tokenizer(spec)
     fp32 = hf.load_model(spec)
     t_load = time.perf_counter() - t0
     n_params = sum(p.numel() for p in fp32.parameters())
-    _out(f"loaded {spec} (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32) in {t_load:.0f} s")
-    ev_fp32 = _evaluate(fp32, tok, "pydoc", args.eval_windows)
-    _out(f"fp32 perplexity {ev_fp32['perplexity']:.3f} ({ev_fp32['tokens']} held-out tokens, {ev_fp32['seconds']:.0f} s)")
-    result, t_comp = _compress_to(args, spec, out, model=fp32, tokenizer=tok)
+    what = " (SmolLM2-135M-Instruct, Q4_1 GGUF dequantized to fp32)" if spec == "smollm2" else ""
+    _out(f"loaded {spec}{what} in {t_load:.0f} s")
+    ev_fp32 = _evaluate(fp32, tok, args.eval_text, args.eval_windows)
+    _out(f"fp32 perplexity {ev_fp32['perplexity']:.3f} ({ev_fp32['tokens']} tokens, {ev_fp32['seconds']:.0f} s)")
+    text_fp32 = _generate(fp32, tok, args.prompt, 40)
+    result, t_comp = _compress_to(args, spec, out, model=fp32, tokenizer=tok)  # compresses fp32 in place
     del fp32, result
     _out(f"compressed with {args.method} {args.bits}-bit in {t_comp:.0f} s -> {out}")
     t0 = time.perf_counter()
     q = format.load(out)
     t_reload = time.perf_counter() - t0
-    ev_q = _evaluate(q, tok, "pydoc", args.eval_windows)
+    ev_q = _evaluate(q, tok, args.eval_text, args.eval_windows)
     bpw = float(format.read_json(out / format.CONFIG_FILE)["bits"]["bits_per_weight"])
     t0 = time.perf_counter()
     text = _generate(q, tok, args.prompt, 40)
     t_gen = time.perf_counter() - t0
     _out("")
-    _out(f"prompt: {args.prompt}")
-    _out(f"reloaded {args.method} model says: {text}")
+    _out(f"greedy continuation of {args.prompt!r}")
+    _out(f"  fp32:                     {text_fp32!r}")
+    _out(f"  {args.method} {args.bits}-bit, reloaded:  {text!r}")
     _out("")
     rows = [
         ("model", "bits/weight (Linears)", "size on disk", "perplexity", "time"),
-        ("fp32 (dequantized Q4_1)", "32", f"{n_params * 4 / 2**20:.1f} MiB (fp32 tensors)",
+        ("fp32" + (" (dequantized Q4_1)" if spec == "smollm2" else ""), "32", f"{n_params * 4 / 2**20:.1f} MiB (fp32 tensors)",
          f"{ev_fp32['perplexity']:.2f}", f"eval {ev_fp32['seconds']:.0f} s"),
         (f"{args.method} {args.bits}-bit", f"{bpw:.3f}", f"{_dir_size(out) / 2**20:.1f} MiB (dir)",
          f"{ev_q['perplexity']:.2f} ({ev_q['perplexity'] / ev_fp32['perplexity']:.2f}x)",
@@ -249,6 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _out(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
         if k == 0:
             _out("-+-".join("-" * w for w in widths))
-    _out(f"\nperplexity on the pydoc held-out split ({ev_q['tokens']} tokens, 512-token windows); "
+    where = "the pydoc held-out split" if args.eval_text == "pydoc" else str(args.eval_text)
+    _out(f"\nperplexity on {where} ({ev_q['tokens']} tokens, 512-token windows); "
          f"total demo time {time.perf_counter() - t_all:.0f} s")
     return 0

@@ -66,9 +66,11 @@ _DENSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32"
 def method_config(method: str, bits: int, **overrides: Any):
     """The default solver config of ``method`` for a target of ``bits`` bits per weight.
 
-    rtn / gptq: ``bits``-bit grid per group of 128 columns. gptvq: 2 -> d=4, K=256 (2 code bits
-    per weight); 3 -> d=2, K=64 (3); 4 -> d=2, K=256 (4); codebooks 8-bit, ~0.25 bit/weight of
-    codebooks and row scales on top.
+    rtn / gptq: ``bits``-bit grid per group of 128 columns. gptvq (8-bit codebooks, fp16 row
+    scales): 2 -> d=4, K=256, 32768 weights per codebook (2 code bits per weight + ~0.26 side
+    information); 3 -> d=3, K=512, 65536 per codebook (+~0.22; needs in_features divisible by 3,
+    else use dim=2, index_bits=6); 4 -> d=2, K=256, 32768 per codebook. The presets were chosen
+    by the proxy loss on SmolLM2-135M layers (docs/results.md).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
@@ -76,7 +78,7 @@ def method_config(method: str, bits: int, **overrides: Any):
         raise ValueError(f"bits must be a positive int, got {bits!r}")
     if method in ("rtn", "gptq"):
         return METHODS[method].config_cls(bits=bits, **overrides)
-    presets = {2: dict(dim=4, index_bits=8, group_size=32768), 3: dict(dim=2, index_bits=6, group_size=4096),
+    presets = {2: dict(dim=4, index_bits=8, group_size=32768), 3: dict(dim=3, index_bits=9, group_size=65536),
                4: dict(dim=2, index_bits=8, group_size=32768)}
     if bits not in presets:
         raise ValueError(f"gptvq has presets for 2, 3 and 4 bits, got {bits}; set dim/index_bits explicitly")
@@ -259,15 +261,19 @@ def _layer_seed(seed: int, block: int, j: int) -> int:
     return (seed * 1_000_003 + block * 1_009 + j) % (2**31)
 
 
-def _check_model(model: nn.Module) -> tuple[nn.ModuleList, dict[int, dict[str, nn.Linear]]]:
+def _check_model(model: nn.Module, solver: Any) -> tuple[nn.ModuleList, dict[int, dict[str, nn.Linear]]]:
+    """Every check that needs no calibration, before any heavy work."""
     blocks = decoder_blocks(model)
     linears = {i: block_linears(b) for i, b in enumerate(blocks)}
     if not any(linears.values()):
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers in its decoder blocks; nothing to compress")
+    dim = getattr(solver, "dim", 1)
     for i, ls in linears.items():
         for name, mod in ls.items():
             if not bool(torch.isfinite(mod.weight).all()):
                 raise ValueError(f"weights of layer {i}.{name} contain NaN or Inf")
+            if mod.in_features % dim:
+                raise ValueError(f"layer {i}.{name} has in_features={mod.in_features}, not a multiple of dim={dim}")
     return blocks, linears
 
 
@@ -297,7 +303,7 @@ def compress(
         raise ValueError("calib must be a non-empty (n, seq_len) int64 tensor of token windows")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    blocks, linears = _check_model(model)
+    blocks, linears = _check_model(model, config.solver)
     method = METHODS[config.method]
     t0 = time.perf_counter()
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
