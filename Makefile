@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m vq.cli demo
