@@ -50,10 +50,10 @@ class Experiment:
     sample_rate: int = 16000
     codebook_size: int = 1024
     levels: int = 8
-    batch_size: int = 8
+    batch_size: int = 4
     segment: float = 0.64
     lr: float = 1e-3
-    channels: int = 16
+    channels: int = 8
     seed: int = 0
 
 
@@ -92,7 +92,7 @@ def main() -> None:
                "quantizer": {"kind": "rvq", "codebook_size": exp.codebook_size, "levels": exp.levels,
                              "quantizer_dropout": 0.5}},
         steps=10**9, batch_size=exp.batch_size, lr=exp.lr, segment=exp.segment, checkpoint_every=10**9,
-        log_every=10, eval_batches=16, time_budget_s=exp.budget_s, seed=exp.seed,
+        log_every=10, eval_batches=8, time_budget_s=exp.budget_s, seed=exp.seed,
     )  # fmt: skip
     report = train_tokenizer(cfg)
     print(f"steps {report['steps_done']} in {report['train_seconds']:.0f} s; held-out voice {HELDOUT_VOICE}")

@@ -5,7 +5,7 @@ Images: offline natural photographs from scikit-image / scikit-learn written as 
 images are held out. Bottlenecks: a single VectorQuantizer and a 4-level ResidualVQ (levels
 dropped at evaluation to scale the bitrate), both at 4x downsampling.
 
-    python bench/train_image.py --budget-s 300      # seconds per model
+    python bench/train_image.py --budget-s 240      # seconds per model
 
 Last line: one JSON object with every figure.
 """
@@ -37,12 +37,12 @@ MODELS = {
 
 @dataclass(frozen=True)
 class Experiment:
-    budget_s: float = 300.0
+    budget_s: float = 240.0
     downsample: int = 4
-    crop: int = 64
-    batch_size: int = 16
+    crop: int = 32
+    batch_size: int = 32
     lr: float = 1e-3
-    hidden: int = 32
+    hidden: int = 16
     seed: int = 0
 
 
@@ -74,7 +74,7 @@ def main() -> None:
             kind="image", data=str(work / "train"), heldout=str(work / "heldout"), out=str(run),
             model={"downsample": exp.downsample, "hidden": exp.hidden, "quantizer": MODELS[name]},
             steps=10**9, batch_size=exp.batch_size, lr=exp.lr, crop=exp.crop, checkpoint_every=10**9,
-            log_every=10, eval_batches=16, time_budget_s=exp.budget_s, seed=exp.seed,
+            log_every=10, eval_batches=8, time_budget_s=exp.budget_s, seed=exp.seed,
         )  # fmt: skip
         report = train_tokenizer(cfg)
         results[name] = {"steps_done": report["steps_done"], "train_seconds": report["train_seconds"],
