@@ -56,8 +56,9 @@ def _time(fn, inner: int, clock=time.perf_counter) -> float:
     return (clock() - t0) / inner
 
 
-def _race(ours_fn, dense_fn, exp: "Experiment", threads: int, clock) -> tuple[float, float]:
-    """Median seconds per call of both, interleaved round by round."""
+def _race(ours_fn, dense_fn, exp: "Experiment", threads: int, clock) -> tuple[float, float, float, float]:
+    """Median and minimum seconds per call of both (ours_med, dense_med, ours_min, dense_min),
+    interleaved round by round. The minimum is the least disturbed round on a shared machine."""
     torch.set_num_threads(threads)
     for _ in range(2):  # warm-up (builds the native kernels on first use)
         ours_fn(), dense_fn()
@@ -65,7 +66,7 @@ def _race(ours_fn, dense_fn, exp: "Experiment", threads: int, clock) -> tuple[fl
     for _ in range(exp.rounds):
         ours.append(_time(ours_fn, exp.inner, clock))
         dense.append(_time(dense_fn, exp.inner, clock))
-    return statistics.median(ours), statistics.median(dense)
+    return statistics.median(ours), statistics.median(dense), min(ours), min(dense)
 
 
 def _random_layer(out: int, inp: int, M: int, K: int, d: int, gen: torch.Generator) -> VQLinear:
@@ -89,17 +90,19 @@ def run(exp: Experiment) -> dict:
             with torch.no_grad():
                 ref = F.linear(x.double(), w.double())
                 err = float((layer(x).double() - ref).abs().max() / ref.abs().max())
-                t_ours, t_dense = _race(lambda: layer(x), lambda: F.linear(x, w), exp, exp.threads, time.perf_counter)
-                c_ours, c_dense = _race(lambda: layer(x), lambda: F.linear(x, w), exp, 1, time.thread_time)
+                t_ours, t_dense, _, _ = _race(lambda: layer(x), lambda: F.linear(x, w), exp, exp.threads, time.perf_counter)
+                c_ours, c_dense, m_ours, m_dense = _race(lambda: layer(x), lambda: F.linear(x, w), exp, 1, time.thread_time)
             row = dict(
                 out=out, inp=inp, batch=b, ours_ms=t_ours * 1e3, dense_fp32_ms=t_dense * 1e3,
                 speedup=t_dense / t_ours, cpu1_ours_ms=c_ours * 1e3, cpu1_dense_ms=c_dense * 1e3,
-                cpu1_speedup=c_dense / c_ours, rel_err=err,
+                cpu1_speedup=c_dense / c_ours, cpu1_min_ours_ms=m_ours * 1e3, cpu1_min_dense_ms=m_dense * 1e3,
+                cpu1_min_speedup=m_dense / m_ours, rel_err=err,
             )
             log.info(
-                "%5d x %-5d B=%d  wall(%d thr): ours %.3f dense %.3f ms = %.2fx | cpu(1 thr): ours %.3f dense %.3f ms = %.2fx",
+                "%5d x %-5d B=%d  wall(%d thr): ours %.3f dense %.3f ms = %.2fx | cpu(1 thr): ours %.3f dense %.3f ms"
+                " = %.2fx (min: %.2fx)",
                 out, inp, b, exp.threads, row["ours_ms"], row["dense_fp32_ms"], row["speedup"],
-                row["cpu1_ours_ms"], row["cpu1_dense_ms"], row["cpu1_speedup"],
+                row["cpu1_ours_ms"], row["cpu1_dense_ms"], row["cpu1_speedup"], row["cpu1_min_speedup"],
             )
             rows.append(row)
     torch.set_num_threads(exp.threads)
