@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import time
@@ -119,9 +120,16 @@ def main() -> None:
     p.add_argument("--layout", default="2x8", choices=sorted(LAYOUTS))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--shapes", default=None, help="e.g. 4096x4096,576x576 (out x in); default: the issue's four")
+    p.add_argument("--torch-fallback", action="store_true", help="disable the C++ kernels (pure-torch CPU path)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    exp = Experiment(layout=a.layout, threads=a.threads, rounds=a.rounds)
+    if a.torch_fallback:
+        os.environ["VQ_KERNELS_NO_NATIVE"] = "1"  # read on the first kernel call
+    kw = {}
+    if a.shapes:
+        kw["shapes"] = tuple(tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(","))
+    exp = Experiment(layout=a.layout, threads=a.threads, rounds=a.rounds, **kw)
     if a.quick:
         exp = Experiment(shapes=((576, 576), (1536, 576)), layout=a.layout, threads=a.threads, rounds=3, inner=1)
     res = run(exp)
