@@ -1,25 +1,26 @@
-"""CPU fast path: LUT-GEMV for small batches, tiled dequantize-then-matmul for large ones.
+"""CPU fast path: LUT-GEMV for small batches, tiled dequantize-then-matmul otherwise.
 
-LUT-GEMV (batch ``B <= GEMV_MAX_BATCH``)::
+LUT-GEMV (batch ``B <= GEMV_MAX_BATCH`` and :attr:`VQLayout.lut_pays_off`)::
 
-    T[rt, (g, m), k, b] = x[b, g*d:(g+1)*d] . codebooks[rt, g // tile_groups, m, k]   # batched matmul
+    T[rt, (g, m), k, b] = x[b, g*d:(g+1)*d] . codebooks[rt, g // tile_groups, m, k]
     y[b, r]             = scales[r] * sum_{g, m} T[r // tile_rows, (g, m), codes[r, g, m], b]
 
-The table costs ``R_t * in_features * M * K`` multiply-adds per batch row (``M*K/out`` of a dense
-GEMV) and the gather-sum reads one byte (K <= 256) or two (K <= 65536) per code instead of four
-bytes per weight. The gather-sum runs in a small C++ library (``csrc/lut_cpu.cpp``) compiled
-with ``g++ -O3 -march=native -fopenmp`` on first use and loaded with :mod:`ctypes` (no torch
-headers, ~1 s to build; cached under ``$VQ_KERNELS_CACHE`` or ``~/.cache/vq_kernels``). If no
-compiler is available the same algorithm runs in vectorised torch (``index_select`` + sum),
-which is correct but about 20x slower; see docs/results.md for the measured numbers.
+The tables cost ``R_t * in_features * M * K`` multiply-adds per batch row (``R_t*M*K/out`` of a
+dense GEMV) and the gather-sum reads one byte (K <= 256) or two (K <= 65536) per code instead
+of four bytes per weight. Both run in a small C++ library (``csrc/lut_cpu.cpp``: per work item
+a table chunk that stays in L2, then the gathers) compiled with ``g++ -O3 -march=native
+-fopenmp`` on first use and loaded with :mod:`ctypes` (no torch headers: a few seconds to
+build; cached under ``$VQ_KERNELS_CACHE`` or ``~/.cache/vq_kernels``). If no compiler is
+available the same algorithm runs in vectorised torch (batched matmul, ``index_select`` +
+sum), correct but about 30x slower (docs/results.md, ``bench/lut_cpu.py --torch-fallback``).
 
-Larger batches dequantize ``ROW_CHUNK`` rows at a time into a buffer that stays in cache and
-multiply it with ``x`` (MKL sgemm), so the dense weight is never materialised in full.
+Other cases dequantize ``ROW_CHUNK`` rows at a time into one reused buffer that stays in cache
+and multiply it with ``x`` (MKL sgemm), so the dense weight is never materialised in full.
 
-Memory trade: the kernels need the codes unpacked to one index per (row, group, codebook):
-:func:`prepare` builds that ``(out, n_groups * M)`` uint8 / int16 tensor once and ``VQLinear``
-caches it (``out * in * M / d`` bytes for K <= 256: 1 byte per code instead of ``bits/8``; for
-a 2x8 layer that is 4x the packed codes and 1/16 of the fp32 weight).
+Memory trade: the kernels read the codes unpacked, one index per (row, group, codebook):
+:func:`prepare` builds that uint8 / int16 tensor once (chunk-major, see there) and
+``VQLinear`` caches it (``out * in * M / d`` bytes for K <= 256: 1 byte per code instead of
+``bits/8``; for a 2x8 layer that is 4x the packed codes and 1/16 of the fp32 weight).
 """
 from __future__ import annotations
 
@@ -247,7 +248,8 @@ def dequantize(
 
     Bit-identical to :func:`vq_kernels.reference.dequantize` (same summation order). ``out``: an
     optional float32 buffer with at least ``n_rows * in`` elements to decode into (reusing one
-    buffer avoids page faults on fresh memory: 51 ms -> see docs/results.md for 4096x4096).
+    buffer avoids page faults on fresh memory: a full 4096x4096 decode into a fresh tensor took
+    51 ms, mostly page faults).
     """
     lay = layout
     _check_index(index, lay)
