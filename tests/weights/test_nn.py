@@ -123,3 +123,26 @@ def test_torch_compile():
             pytest.skip(f"torch.compile unavailable: {e}")
         raise
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_index_cache_follows_the_weights():
+    """The cached CPU index is dropped on load_state_dict / .to(): no stale codes are used."""
+    a, *_ = _layer(seed=1)
+    b, *_ = _layer(seed=2)
+    x = torch.randn(2, 40)
+    a(x)  # builds a's CPU index
+    assert a._cpu_index is not None
+    a.load_state_dict(b.state_dict())
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    a.to(torch.float64)
+    assert a._cpu_index is None
+    torch.testing.assert_close(a(x.double()), F.linear(x.double(), a.to_dense(), a.bias), rtol=1e-12, atol=1e-12)
+
+
+def test_without_cache_same_result():
+    cached, *_ = _layer(seed=3)
+    plain, *_ = _layer(seed=3, cpu_cache=False)
+    for b in (1, 12):
+        x = torch.randn(b, 40)
+        torch.testing.assert_close(plain(x), cached(x), rtol=1e-6, atol=1e-6)
+    assert plain._cpu_index is None
