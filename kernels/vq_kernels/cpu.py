@@ -86,6 +86,7 @@ def _native() -> ctypes.CDLL | None:
     key = hashlib.sha256(src + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
     cache = Path(os.environ.get("VQ_KERNELS_CACHE", Path.home() / ".cache" / "vq_kernels"))
     lib = cache / f"lut_cpu_{key}.so"
+    tmp = None
     try:
         if not lib.exists():
             cache.mkdir(parents=True, exist_ok=True)
@@ -94,10 +95,14 @@ def _native() -> ctypes.CDLL | None:
             cmd = [os.environ.get("CXX", "g++"), *_FLAGS, str(_SRC), "-o", tmp]
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
             os.replace(tmp, lib)  # atomic: concurrent builders never see a half-written file
+            tmp = None
         dll = ctypes.CDLL(str(lib))
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("vq_kernels: C++ CPU kernels unavailable (%s); using the torch fallback", e)
         return None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     i64, p = ctypes.c_int64, ctypes.c_void_p
     for name in ("vq_lut_linear_u8", "vq_lut_linear_u16"):
         getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 13, ctypes.c_int]

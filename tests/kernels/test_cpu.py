@@ -133,3 +133,11 @@ def test_custom_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.vq.lut_gemv.default, (x1, packed, cb, sc, *meta))
     torch.library.opcheck(torch.ops.vq.lut_gemm.default, (x9, packed, cb, sc, *meta))
     torch.library.opcheck(torch.ops.vq.cpu_linear.default, (x1, cpu.prepare(codes, lay), cb, sc, *meta))
+
+
+def test_failed_build_leaves_no_files(tmp_path):
+    code = "import vq_kernels.cpu as c; print(c.native_available())"
+    env = {"VQ_KERNELS_CACHE": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    assert list(tmp_path.iterdir()) == []
