@@ -16,7 +16,8 @@ Three tiers per op: a private ``@triton.jit`` kernel, a launcher here that valid
   Layouts with K > ``LUT_MAX_K`` or many row tiles (``VQLayout.lut_pays_off`` false) use the
   GEMM kernel instead.
 * ``lut_gemm``: one program per (batch block, output block); the loop over the input dimension
-  dequantizes a (BLOCK_N, BLOCK_C) weight tile in registers and accumulates ``tl.dot(x, W^T)``.
+  decodes a (BLOCK_N, BLOCK_G groups, d) weight tile in registers (each code once, its codeword
+  as one short vector load), flattens it and accumulates ``tl.dot(x, W^T)``.
   float32 inputs use ``input_precision="ieee"`` (no TF32), half inputs the tensor cores.
 
 Tests run all kernels on CPU with ``TRITON_INTERPRET=1`` (read by ``triton.jit`` when this
@@ -142,24 +143,45 @@ def _gather_kernel(codes_ptr, t_ptr, part_ptr, OUT, WPR, J, TILE_ROWS, J_PER_SPL
 
 @triton.jit
 def _gemm_kernel(x_ptr, codes_ptr, cb_ptr, scales_ptr, y_ptr, B, OUT, IN, WPR, C_T, TILE_ROWS, TILE_GROUPS,
-                 M: tl.constexpr, K: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, IEEE: tl.constexpr,
-                 BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """y[b, n] = scales[n] * sum_c x[b, c] * W~[n, c] with W~ decoded tile by tile in registers."""
+                 M: tl.constexpr, K: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BITS: tl.constexpr,
+                 IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """y[b, n] = scales[n] * sum_c x[b, c] * W~[n, c] with W~ decoded tile by tile in registers.
+
+    A tile is (BLOCK_N rows, BLOCK_G groups, DP) with DP = next power of two >= D: each code is
+    decoded once and its codeword loaded as one short vector (not once per column); the tile is
+    then flattened to (BLOCK_N, BLOCK_G * DP) for ``tl.dot``, and x is loaded in the same padded
+    layout (zeros where e >= D), so padding adds nothing to the product.
+    """
     bs = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     ns = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    es = tl.arange(0, DP)
     bmask = bs < B
     nmask = ns < OUT
+    emask = es < D
+    n_groups = IN // D
+    rt = (ns // TILE_ROWS).to(tl.int64)
     acc = tl.zeros((BLOCK_B, BLOCK_N), tl.float32)
-    for c0 in range(0, IN, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        cmask = cols < IN
-        wmask = nmask[:, None] & cmask[None, :]
-        w = _dequant_tile(codes_ptr, cb_ptr, ns, cols, wmask, WPR, C_T, TILE_ROWS, TILE_GROUPS, M, K, D, BITS, tl.float32)
-        xt = tl.load(x_ptr + bs.to(tl.int64)[:, None] * IN + cols[None, :], mask=bmask[:, None] & cmask[None, :], other=0.0)
+    for g0 in range(0, n_groups, BLOCK_G):
+        gs = g0 + tl.arange(0, BLOCK_G)
+        gmask = gs < n_groups
+        mask2 = nmask[:, None] & gmask[None, :]  # (N, G)
+        tile = rt[:, None] * C_T + (gs // TILE_GROUPS)[None, :]  # (N, G) codebook tile
+        w = tl.zeros((BLOCK_N, BLOCK_G, DP), tl.float32)
+        for m in tl.static_range(M):
+            code = _decode(codes_ptr, ns[:, None], (gs * M + m)[None, :], mask2, WPR, BITS)  # (N, G)
+            row = ((tile * M + m) * K + code) * D  # (N, G) start of the codeword
+            cw = tl.load(cb_ptr + row[:, :, None] + es[None, None, :], mask=mask2[:, :, None] & emask[None, None, :],
+                         other=0.0)
+            w += cw.to(tl.float32)
+        xoff = bs.to(tl.int64)[:, None, None] * IN + (gs * D)[None, :, None] + es[None, None, :]
+        xmask = bmask[:, None, None] & gmask[None, :, None] & emask[None, None, :]
+        xt = tl.load(x_ptr + xoff, mask=xmask, other=0.0)  # (B, G, DP)
+        w2 = tl.reshape(w, (BLOCK_N, BLOCK_G * DP))
+        x2 = tl.reshape(xt, (BLOCK_B, BLOCK_G * DP))
         if IEEE:
-            acc += tl.dot(xt.to(tl.float32), tl.trans(w), input_precision="ieee")
+            acc += tl.dot(x2.to(tl.float32), tl.trans(w2), input_precision="ieee")
         else:
-            acc += tl.dot(xt, tl.trans(w.to(xt.dtype)))
+            acc += tl.dot(x2, tl.trans(w2.to(x2.dtype)))
     s = tl.load(scales_ptr + ns, mask=nmask, other=0.0).to(tl.float32)
     y = acc * s[None, :]
     tl.store(y_ptr + bs.to(tl.int64)[:, None] * OUT + ns[None, :], y.to(y_ptr.dtype.element_ty),
@@ -282,11 +304,14 @@ def lut_gemm(x: Tensor, codes: Tensor, codebooks: Tensor, scales: Tensor, layout
     if b == 0:
         return y
     block_b = 16 if b <= 16 else 32 if b <= 32 else 64
-    block_n, block_c = (64, 64) if not interpreting() else (32, 32)
+    dp = _pow2(lay.d)
+    block_n = 64 if not interpreting() else 32
+    block_g = max(1, (64 if not interpreting() else 32) // dp)  # 64 (32) columns per step, >= 16 for tl.dot
+    block_g = max(block_g, -(-16 // dp))
     grid = (triton.cdiv(b, block_b), triton.cdiv(lay.out_features, block_n))
     _gemm_kernel[grid](
         x, codes, codebooks, scales, y, b, lay.out_features, lay.in_features, lay.words_per_row, lay.group_tiles,
-        lay.tile_rows, lay.tile_groups, M=lay.M, K=lay.K, D=lay.d, BITS=lay.bits, IEEE=x.dtype == torch.float32,
-        BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_C=block_c,
+        lay.tile_rows, lay.tile_groups, M=lay.M, K=lay.K, D=lay.d, DP=dp, BITS=lay.bits,
+        IEEE=x.dtype == torch.float32, BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_G=block_g,
     )
     return y
