@@ -91,18 +91,21 @@ def run(exp: Experiment) -> dict:
             with torch.no_grad():
                 ref = F.linear(x.double(), w.double())
                 err = float((layer(x).double() - ref).abs().max() / ref.abs().max())
-                t_ours, t_dense, _, _ = _race(lambda: layer(x), lambda: F.linear(x, w), exp, exp.threads, time.perf_counter)
+                t_ours, t_dense, w_ours, w_dense = _race(
+                    lambda: layer(x), lambda: F.linear(x, w), exp, exp.threads, time.perf_counter
+                )
                 c_ours, c_dense, m_ours, m_dense = _race(lambda: layer(x), lambda: F.linear(x, w), exp, 1, time.thread_time)
             row = dict(
                 out=out, inp=inp, batch=b, ours_ms=t_ours * 1e3, dense_fp32_ms=t_dense * 1e3,
-                speedup=t_dense / t_ours, cpu1_ours_ms=c_ours * 1e3, cpu1_dense_ms=c_dense * 1e3,
+                speedup=t_dense / t_ours, min_ours_ms=w_ours * 1e3, min_dense_fp32_ms=w_dense * 1e3,
+                min_speedup=w_dense / w_ours, cpu1_ours_ms=c_ours * 1e3, cpu1_dense_ms=c_dense * 1e3,
                 cpu1_speedup=c_dense / c_ours, cpu1_min_ours_ms=m_ours * 1e3, cpu1_min_dense_ms=m_dense * 1e3,
                 cpu1_min_speedup=m_dense / m_ours, rel_err=err,
             )
             log.info(
-                "%5d x %-5d B=%d  wall(%d thr): ours %.3f dense %.3f ms = %.2fx | cpu(1 thr): ours %.3f dense %.3f ms"
-                " = %.2fx (min: %.2fx)",
-                out, inp, b, exp.threads, row["ours_ms"], row["dense_fp32_ms"], row["speedup"],
+                "%5d x %-5d B=%d  wall(%d thr): ours %.3f dense %.3f ms = %.2fx (min: %.2fx) | cpu(1 thr): ours %.3f"
+                " dense %.3f ms = %.2fx (min: %.2fx)",
+                out, inp, b, exp.threads, row["ours_ms"], row["dense_fp32_ms"], row["speedup"], row["min_speedup"],
                 row["cpu1_ours_ms"], row["cpu1_dense_ms"], row["cpu1_speedup"], row["cpu1_min_speedup"],
             )
             rows.append(row)
