@@ -128,7 +128,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.torch_fallback:
-        os.environ["VQ_KERNELS_NO_NATIVE"] = "1"  # read on the first kernel call
+        os.environ["VQ_NO_NATIVE"] = "1"  # read on the first kernel call
     kw = {}
     if a.shapes:
         kw["shapes"] = tuple(tuple(int(v) for v in sh.split("x")) for sh in a.shapes.split(","))

@@ -10,7 +10,7 @@ dense GEMV) and the gather-sum reads one byte (K <= 256) or two (K <= 65536) per
 of four bytes per weight. Both run in a small C++ library (``csrc/lut_cpu.cpp``: per work item
 a table chunk that stays in L2, then the gathers) compiled with ``g++ -O3 -march=native
 -fopenmp`` on first use and loaded with :mod:`ctypes` (no torch headers: a few seconds to
-build; cached under ``$VQ_KERNELS_CACHE`` or ``~/.cache/vq_kernels``). If no compiler is
+build; cached under ``$VQ_CACHE_DIR`` or ``~/.cache/vq``, see :mod:`vq_kernels.native`). If no compiler is
 available the same algorithm runs in vectorised torch (batched matmul, ``index_select`` +
 sum), correct but about 30x slower (docs/results.md, ``bench/lut_cpu.py --torch-fallback``).
 
@@ -25,11 +25,8 @@ Memory trade: the kernels read the codes unpacked, one index per (row, group, co
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import subprocess
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,6 +34,7 @@ import torch
 from torch import Tensor
 
 from vq_kernels.layout import VQLayout, check_input
+from vq_kernels.native import load_library
 from vq_kernels.packing import unpack_codes
 
 __all__ = [
@@ -69,40 +67,12 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 
 # -- native library -----------------------------------------------------------------------
-def _cpu_id() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        return ""
-
-
 @lru_cache(maxsize=1)
 def _native() -> ctypes.CDLL | None:
     """Build (once per source/flags/CPU) and load the C++ kernels; None if that fails."""
-    if os.environ.get("VQ_KERNELS_NO_NATIVE"):
+    dll = load_library(_SRC, _FLAGS, os.environ.get("CXX", "g++"))
+    if dll is None:
         return None
-    src = _SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join(_FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("VQ_KERNELS_CACHE", Path.home() / ".cache" / "vq_kernels"))
-    lib = cache / f"lut_cpu_{key}.so"
-    tmp = None
-    try:
-        if not lib.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-            os.close(fd)
-            cmd = [os.environ.get("CXX", "g++"), *_FLAGS, str(_SRC), "-o", tmp]
-            subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-            os.replace(tmp, lib)  # atomic: concurrent builders never see a half-written file
-            tmp = None
-        dll = ctypes.CDLL(str(lib))
-    except (OSError, subprocess.SubprocessError) as e:
-        log.warning("vq_kernels: C++ CPU kernels unavailable (%s); using the torch fallback", e)
-        return None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     i64, p = ctypes.c_int64, ctypes.c_void_p
     for name in ("vq_lut_linear_u8", "vq_lut_linear_u16"):
         getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 13, ctypes.c_int]

@@ -112,7 +112,7 @@ def test_native_build_falls_back_without_compiler(tmp_path):
         "y = c.lut_gemv(torch.ones(1, 4), idx, torch.ones(1, 1, 1, 4, 2), torch.ones(3), lay);"
         "print(c.native_available(), y.tolist())"
     )
-    env = {"VQ_KERNELS_CACHE": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
+    env = {"VQ_CACHE_DIR": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[0] == "False [[4.0, 4.0, 4.0]]"
@@ -137,7 +137,7 @@ def test_custom_ops_pass_opcheck():
 
 def test_failed_build_leaves_no_files(tmp_path):
     code = "import vq_kernels.cpu as c; print(c.native_available())"
-    env = {"VQ_KERNELS_CACHE": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
+    env = {"VQ_CACHE_DIR": str(tmp_path), "CXX": "/nonexistent/g++", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
     assert list(tmp_path.iterdir()) == []

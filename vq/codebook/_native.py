@@ -3,85 +3,43 @@
 Why: on the CPU a torch assignment costs at least one pass over an (n, k) block for the
 distances and another for the argmin; faiss fuses both and is 5-15x faster for d <= 16
 (measured by bench/kmeans.py). This small C file (no torch headers, ~1 s to build) fuses them
-too. It is compiled with the system C compiler on first use into ``$VQ_CACHE_DIR`` (default
-``~/.cache/vq``), keyed by a hash of the source and flags, and loaded with ctypes. When no
-compiler is available, or ``VQ_NATIVE=0``, :func:`nearest` returns ``None`` and callers use the
+too. It is compiled with the system C compiler on first use and cached (the project's one
+build-and-load helper, :func:`vq_kernels.native.load_library`), then loaded with ctypes. When no
+compiler is available, or ``VQ_NO_NATIVE=1``, :func:`nearest` returns ``None`` and callers use the
 pure-torch chunked path. ctypes releases the GIL, so rows are split across
 ``torch.get_num_threads()`` Python threads.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
 import os
-import shutil
-import subprocess
-import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
+from vq_kernels.native import load_library
 
 __all__ = ["nearest", "available"]
 
-log = logging.getLogger(__name__)
-
 _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
-_lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_tried = False
 _pool: ThreadPoolExecutor | None = None
 _MIN_ROWS_PER_THREAD = 2048
 _VL = 16  # vector width of csrc/nearest.c (VL)
 _PAD_NORM = 1e30
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("VQ_CACHE_DIR", Path.home() / ".cache" / "vq"))
-
-
-def _build() -> ctypes.CDLL | None:
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        log.info("no C compiler found; nearest-centroid search uses the pure-torch path")
+@lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    lib = load_library(_SRC, _FLAGS, os.environ.get("CC", "cc"))
+    if lib is None:
         return None
-    src = _SRC.read_bytes()
-    key = hashlib.sha256(src + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"vq_nearest_{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            tmp_so = Path(tmp) / out.name
-            res = subprocess.run([cc, *_FLAGS, str(_SRC), "-o", str(tmp_so)], capture_output=True, text=True)
-            if res.returncode != 0:
-                log.warning("building the native nearest kernel failed; using pure torch:\n%s", res.stderr[-2000:])
-                return None
-            os.replace(tmp_so, out)  # atomic: concurrent processes never load a half-written file
-    lib = ctypes.CDLL(str(out))
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.vq_nearest.argtypes = [p, p, p, p, p, i64, i64, i64, p, p]
     lib.vq_nearest.restype = None
     return lib
-
-
-def _load() -> ctypes.CDLL | None:
-    global _lib, _tried
-    if _tried:
-        return _lib
-    with _lock:
-        if not _tried:
-            if os.environ.get("VQ_NATIVE", "1") != "0":
-                try:
-                    _lib = _build()
-                except OSError as e:
-                    log.warning("native nearest kernel unavailable (%s); using pure torch", e)
-                    _lib = None
-            _tried = True
-    return _lib
 
 
 def available() -> bool:
