@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from vq.codebook.metrics import used_fraction
 from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
 from vq_tokenizers.data import AudioFolder, ImageFolder
 from vq_tokenizers.image import VQVAE, ImageTokenizerConfig, psnr
@@ -170,7 +171,7 @@ def evaluate(model: nn.Module, batches: list[Tensor]) -> list[dict[str, float]]:
                 mel.append(float(model.mel.distance(out.reconstruction, x)))
             codes.append(out.quant.codes.reshape(-1, out.quant.codes.shape[-1] if spec.kind in ("rvq", "grvq") else 1))
         allc = torch.cat(codes)  # (positions, levels)
-        used = [float((torch.bincount(c[c >= 0], minlength=k) > 0).float().mean()) for c in allc.T]
+        used = [used_fraction(c[c >= 0], k) if bool((c >= 0).any()) else 0.0 for c in allc.T]  # -1: dropped
         row = {"levels": n or 1, "used_fraction_per_level": used}
         if isinstance(model, VQVAE):
             row["psnr_db"] = sum(metric) / len(metric)
