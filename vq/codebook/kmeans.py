@@ -141,6 +141,11 @@ def kmeans_plusplus(
         return min(int(torch.searchsorted(cdf, u)), n - 1)
 
     first = sample(torch.ones(n, device=x.device) if w_rows is None else w_rows)
+    if x.device.type == "cpu":  # one C pass per step instead of several torch dispatches
+        per_sample = None if weights is None or weights.dim() == 2 else weights
+        fused = _native.kmeans_plusplus(x, k, first, w_coord, per_sample, generator)
+        if fused is not None:
+            return fused
     centers = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
     centers[0] = x[first]
 

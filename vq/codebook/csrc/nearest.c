@@ -83,3 +83,35 @@ void vq_nearest(const float *x, const float *w, const float *ct, const float *ct
         }
     }
 }
+
+/* One k-means++ step (Arthur & Vassilvitskii 2007), single-threaded:
+ *   closest[i] = min(closest[i], sum_l w_il (x_il - c_l)^2)      (w = 1 when NULL)
+ * and return sum_i closest[i] * roww[i] (roww = 1 when NULL), the D^2 sampling mass. */
+double vq_kpp_update(const float *x, const float *w, const float *c, const float *roww,
+                     float *closest, int64_t n, int64_t d) {
+    double total = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        float s = 0.0f;
+        if (w) {
+            const float *wi = w + i * d;
+            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += wi[l] * t * t; }
+        } else {
+            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += t * t; }
+        }
+        float v = s < closest[i] ? s : closest[i];
+        closest[i] = v;
+        total += roww ? (double)v * roww[i] : (double)v;
+    }
+    return total;
+}
+
+/* Smallest i with sum_{j <= i} closest[j] * roww[j] > target (the D^2 sample), or n - 1. */
+int64_t vq_kpp_sample(const float *closest, const float *roww, int64_t n, double target) {
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        acc += roww ? (double)closest[i] * roww[i] : (double)closest[i];
+        if (acc > target) return i;
+    }
+    return n - 1;
+}
