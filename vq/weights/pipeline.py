@@ -42,6 +42,9 @@ __all__ = [
     "CompressedModel",
     "compress",
     "method_config",
+    "block_inputs",
+    "block_hessians",
+    "run_block",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,12 +53,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Method:
     config_cls: type
-    solve: Callable[[Tensor, Tensor, Any, int], QuantizedWeight]  # (W, H, config, seed)
+    solve: Callable[[Tensor, Tensor | None, Any, int], QuantizedWeight]  # (W, H, config, seed)
+    needs_hessian: bool = True
 
 
-#: method name -> (config dataclass, solver(W, H, config, seed))
+#: method name -> (config dataclass, solver(W, H, config, seed), whether it uses calibration)
 METHODS: dict[str, _Method] = {
-    "rtn": _Method(RTNConfig, lambda W, H, c, seed: rtn_quantize(W, c)),
+    "rtn": _Method(RTNConfig, lambda W, H, c, seed: rtn_quantize(W, c), needs_hessian=False),
     "gptq": _Method(GPTQConfig, lambda W, H, c, seed: gptq_quantize(W, H, c)),
     "gptvq": _Method(GPTVQConfig, lambda W, H, c, seed: gptvq_quantize(W, H, c, seed=seed)),
 }
@@ -153,7 +157,7 @@ class _Caught(Exception):
 
 
 @torch.no_grad()
-def _block_inputs(model: nn.Module, calib: Tensor, batch_size: int) -> tuple[Tensor, dict[str, Any]]:
+def block_inputs(model: nn.Module, calib: Tensor, batch_size: int) -> tuple[Tensor, dict[str, Any]]:
     """Inputs (n, L, hidden) of decoder block 0 for every window, and the block's other kwargs."""
     block0 = decoder_blocks(model)[0]
     xs: list[Tensor] = []
@@ -178,7 +182,8 @@ def _block_inputs(model: nn.Module, calib: Tensor, batch_size: int) -> tuple[Ten
     return torch.cat(xs), kwargs
 
 
-def _run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: int, what: str) -> Tensor:
+def run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: int, what: str) -> Tensor:
+    """The block's outputs (n, L, hidden) float32 for inputs x, in batches; NaN/Inf raise."""
     outs = []
     for s in range(0, len(x), batch_size):
         y = block(x[s : s + batch_size], **kwargs)
@@ -191,7 +196,7 @@ def _run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: 
 
 
 @torch.no_grad()
-def _block_hessians(block: nn.Module, linears: dict[str, nn.Linear], x: Tensor, kwargs: dict[str, Any],
+def block_hessians(block: nn.Module, linears: dict[str, nn.Linear], x: Tensor, kwargs: dict[str, Any],
                     batch_size: int, prefix: str) -> dict[str, Hessian]:
     """One forward of the block's inputs; Linears fed the very same tensor share one Hessian."""
     hess: dict[str, Hessian] = {}
@@ -213,7 +218,7 @@ def _block_hessians(block: nn.Module, linears: dict[str, nn.Linear], x: Tensor, 
 
     handles = [m.register_forward_hook(hook_for(n, m)) for n, m in linears.items()]
     try:
-        _run_block(block, x, kwargs, batch_size, prefix)
+        run_block(block, x, kwargs, batch_size, prefix)
     finally:
         for h in handles:
             h.remove()
@@ -327,10 +332,11 @@ def compress(
         log.info("resuming from %s: %d of %d blocks done", ckpt, start, len(blocks))
     elif ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
-        for f in ckpt.glob("*.safetensors"):
-            f.unlink()
+        for pattern in ("state.json*", "block_*.safetensors*", "acts_*.safetensors*"):  # a fresh start
+            for f in ckpt.glob(pattern):
+                f.unlink()
     device = next(model.parameters()).device
-    x0, kwargs = _block_inputs(model, calib.to(device), config.batch_size)
+    x0, kwargs = block_inputs(model, calib.to(device), config.batch_size)
     if x is None:
         x = x0
     del x0
@@ -340,15 +346,18 @@ def compress(
                initial=start, total=len(blocks))
     for i in bar:
         block = blocks[i]
-        hess = _block_hessians(block, linears[i], x, kwargs, config.batch_size, f"{prefix}.{i}")
+        hess = (block_hessians(block, linears[i], x, kwargs, config.batch_size, f"{prefix}.{i}")
+                if method.needs_hessian else {})
         done: dict[str, QuantizedWeight] = {}
         for j, (name, mod) in enumerate(tqdm(linears[i].items(), desc=f"block {i}", unit="layer",
                                               leave=False, disable=not progress)):
-            qw = method.solve(mod.weight.float().cpu(), hess[name].H.cpu(), config.solver, _layer_seed(config.seed, i, j))
+            H = hess[name].H.cpu() if name in hess else None
+            qw = method.solve(mod.weight.float().cpu(), H, config.solver, _layer_seed(config.seed, i, j))
             done[name] = qw
             _set_dense(block, name, qw)
         del hess
-        x = _run_block(block, x, kwargs, config.batch_size, f"quantized block {i}")
+        if method.needs_hessian:  # the next block's inputs come from this quantized block
+            x = run_block(block, x, kwargs, config.batch_size, f"quantized block {i}")
         for name, qw in done.items():
             layers[f"{i}.{name}"] = qw
         if ckpt is not None:
