@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vq.codebook.product import require_int
+from vq_tokenizers.base import TokenizerModel
 from vq_tokenizers.layers import QuantizerOutput, QuantizerSpec
 
 __all__ = ["AudioCodecConfig", "AudioCodecOutput", "AudioCodec", "MelSpectrogram", "multiscale_stft_loss", "si_snr"]
@@ -84,7 +85,7 @@ class _ResUnit(nn.Module):
         return x + self.body(x)
 
 
-class AudioCodec(nn.Module):
+class AudioCodec(TokenizerModel):
     def __init__(self, config: AudioCodecConfig | None = None):
         super().__init__()
         self.config = cfg = config or AudioCodecConfig()
@@ -130,14 +131,6 @@ class AudioCodec(nn.Module):
         rec = rec + self.config.mel_weight * self.mel.distance(y, x)
         return AudioCodecOutput(y, rec + q.loss, rec, q)
 
-    @torch.no_grad()
-    def encode(self, x: Tensor, **quantizer_kwargs) -> Tensor:
-        self._check(x)
-        return self._quantize(x, **quantizer_kwargs).codes
-
-    @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
-        return self._reconstruct(self.quantizer.decode(codes))
 
     def bitrate(self, n_levels: int | None = None) -> float:
         """bits/s = frames/s x bits per frame (levels x log2 K for RVQ)."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vq.codebook.product import require_int
+from vq_tokenizers.base import TokenizerModel
 from vq_tokenizers.layers import QuantizerOutput, QuantizerSpec
 
 __all__ = ["ImageTokenizerConfig", "ImageTokenizerOutput", "VQVAE", "psnr"]
@@ -68,7 +69,7 @@ class _ResBlock(nn.Module):
         return x + self.body(x)
 
 
-class VQVAE(nn.Module):
+class VQVAE(TokenizerModel):
     def __init__(self, config: ImageTokenizerConfig | None = None):
         super().__init__()
         self.config = cfg = config or ImageTokenizerConfig()
@@ -111,15 +112,6 @@ class VQVAE(nn.Module):
         y = self._reconstruct(q.quantized)
         rec = F.l1_loss(y, x) if self.config.recon_loss == "l1" else F.mse_loss(y, x)
         return ImageTokenizerOutput(y, rec + q.loss, rec, q)
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, **quantizer_kwargs) -> Tensor:
-        self._check(x)
-        return self._quantize(x, **quantizer_kwargs).codes
-
-    @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
-        return self._reconstruct(self.quantizer.decode(codes))
 
 
 def psnr(x: Tensor, y: Tensor) -> float:
