@@ -54,6 +54,7 @@ class Experiment:
     segment: float = 0.64
     lr: float = 1e-3
     channels: int = 8
+    waveform_weight: float = 50.0  # L1 on samples (AudioCodecConfig.waveform_weight); 0 = magnitude-only loss
     seed: int = 0
 
 
@@ -74,13 +75,14 @@ def main() -> None:
     ap.add_argument("--sample-rate", type=int, default=Experiment.sample_rate, choices=[16000, 24000])
     ap.add_argument("--levels", type=int, default=Experiment.levels)
     ap.add_argument("--codebook-size", type=int, default=Experiment.codebook_size)
+    ap.add_argument("--waveform-weight", type=float, default=Experiment.waveform_weight)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", help="work directory (default: a temporary one)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     exp = Experiment(budget_s=args.budget_s, sample_rate=args.sample_rate, levels=args.levels,
-                     codebook_size=args.codebook_size)  # fmt: skip
+                     codebook_size=args.codebook_size, waveform_weight=args.waveform_weight)  # fmt: skip
     work = Path(args.work or tempfile.mkdtemp(prefix="vq_audio_"))
     synthesize(work / "train", TRAIN_VOICES, TEXTS)
     synthesize(work / "heldout", (HELDOUT_VOICE,), TEXTS)
@@ -88,7 +90,7 @@ def main() -> None:
     shutil.rmtree(run, ignore_errors=True)
     cfg = TrainConfig(
         kind="audio", data=str(work / "train"), heldout=str(work / "heldout"), out=str(run),
-        model={"sample_rate": exp.sample_rate, "channels": exp.channels,
+        model={"sample_rate": exp.sample_rate, "channels": exp.channels, "waveform_weight": exp.waveform_weight,
                "quantizer": {"kind": "rvq", "codebook_size": exp.codebook_size, "levels": exp.levels,
                              "quantizer_dropout": 0.5}},
         steps=10**9, batch_size=exp.batch_size, lr=exp.lr, segment=exp.segment, checkpoint_every=10**9,
