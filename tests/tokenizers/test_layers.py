@@ -106,6 +106,30 @@ def test_ema_and_reseeding_prevent_collapse():
     assert ours_mse < plain_mse
 
 
+def _churn(**options):
+    """Equal-mass clusters, one per code, small batches (noisy usage): re-seeds and used fraction."""
+    torch.manual_seed(0)
+    k, d = 64, 8
+    centers = 5 * torch.randn(k, d)
+    g = torch.Generator().manual_seed(1)
+    vq = VectorQuantizer(d, k, **options)
+    for _ in range(400):
+        x = centers[torch.randint(k, (32,), generator=g)] + 0.1 * torch.randn(32, d, generator=g)
+        vq(x.requires_grad_())
+    vq.eval()
+    x = centers[torch.randint(k, (4096,), generator=g)]
+    return vq.n_reseeded, vq(x).codes.unique().numel() / k
+
+
+def test_reseeding_spares_live_codes_that_miss_a_few_batches():
+    # a code with a uniform share misses ~1.4 K vectors often (Poisson); the old single threshold
+    # (0.5 / K for every code) re-seeded such live codes; proven codes now need ~4.6 K misses
+    ours_reseeds, ours_used = _churn()
+    old_reseeds, old_used = _churn(reseed_threshold=0.5)
+    assert ours_reseeds < old_reseeds / 4
+    assert ours_used > old_used and ours_used > 0.9
+
+
 def test_residual_levels_order_error_and_dropout_codes():
     torch.manual_seed(0)
     rvq = ResidualVQ(8, 64, 4, init_max_batches=1, quantizer_dropout=1.0)
@@ -145,6 +169,8 @@ def test_bad_inputs_raise_clear_errors(name):
 def test_config_validation():
     with pytest.raises(ValueError, match="update"):
         VectorQuantizer(8, 16, update="sgd")
+    with pytest.raises(ValueError, match="reseed_threshold_unproven"):
+        VectorQuantizer(8, 16, reseed_threshold_unproven=-1.0)
     with pytest.raises(ValueError, match="decay"):
         VectorQuantizer(8, 16, decay=1.0)
     with pytest.raises(ValueError, match="SimVQ fixes"):

@@ -175,9 +175,17 @@ class VQConfig:
             the random normal init (the collapse-prone classic).
         kmeans_iters: Lloyd iterations for that init (skipped when the buffer has < 2 K vectors).
         reseed: CVQ-style dead-code re-seeding from a ring buffer of recent encoder outputs.
-        reseed_threshold: a code is dead when its EMA share of assignments falls below
-            ``reseed_threshold / K`` (relative to a uniform share, whatever the batch size) and
-            it was not hit in the current batch.
+        reseed_threshold: a code that has been hit since it was (re)seeded is dead when its EMA
+            share of assignments falls below ``reseed_threshold / K`` (relative to a uniform
+            share, whatever the batch size) and it was not hit in the current batch. With the
+            default window (2 K vectors) one hit lifts the share to >= 0.5 / K, so 0.05 means "no
+            hit in the last ~4.6 K vectors": a code at a uniform share is flagged by Poisson noise
+            alone with probability ~e^-4.6 = 1 % (at 0.5 it would be ~e^-1.4, a quarter of the
+            healthy codes churned, which lowers the held-out used fraction).
+        reseed_threshold_unproven: the same threshold for a code never hit since it was
+            (re)seeded. Such a code has shown no support in the data, so it is replaced sooner
+            (0.5 / K: ~1.4 K vectors without a hit); this is what fixes a poor start (large K,
+            few init vectors) within a short run.
         reseed_every: check for dead codes every this many training steps.
         usage_window: EMA window (in vectors) of the usage estimate; default ``2 K``: a code that
             stops being hit falls below a 0.5 share after ~1.4 K vectors, so large codebooks
@@ -201,7 +209,8 @@ class VQConfig:
     init_max_batches: int = 32
     kmeans_iters: int = 10
     reseed: bool = True
-    reseed_threshold: float = 0.5
+    reseed_threshold: float = 0.05
+    reseed_threshold_unproven: float = 0.5
     reseed_every: int = 10
     usage_window: int | None = None
     recent_vectors: int | None = None
@@ -221,7 +230,7 @@ class VQConfig:
             raise ValueError(f"gradient must be one of {_GRADIENTS}, got {self.gradient!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
-        for name in ("commitment_weight", "codebook_weight", "reseed_threshold"):
+        for name in ("commitment_weight", "codebook_weight", "reseed_threshold", "reseed_threshold_unproven"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("init_vectors", "usage_window", "recent_vectors"):
@@ -264,12 +273,15 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         # EMA share of assignments per code (uniform = 1/K); drives re-seeding
         self.register_buffer("usage", torch.full((codebook_size,), 1.0 / codebook_size))
+        # whether each code has been hit since it was (re)seeded; picks its re-seeding threshold
+        self.register_buffer("proven", torch.zeros(codebook_size, dtype=torch.bool))
         if cfg.update == "ema":
             self.register_buffer("ema_count", torch.ones(codebook_size))
             self.register_buffer("ema_sum", self.codebook.detach().clone())
         n_recent = cfg.recent_vectors or max(4096, codebook_size)
         self.register_buffer("recent", torch.zeros(n_recent, c), persistent=False)
         self._recent_filled = 0
+        self.n_reseeded = 0  # codes re-seeded so far in this process (monitoring)
         self._recent_pos = 0
         self._init_buffer: list[Tensor] = []
         self._gen = torch.Generator().manual_seed(cfg.seed)
@@ -387,6 +399,7 @@ class VectorQuantizer(nn.Module):
             self.ema_count.fill_(max(n * _world() / self.codebook_size, 1e-3))
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
         self.usage.fill_(1.0 / self.codebook_size)
+        self.proven.fill_(False)
 
     def _set_codebook(self, rows: Tensor) -> None:
         rows = F.normalize(rows, dim=-1) if self.config.cosine else rows
@@ -437,12 +450,15 @@ class VectorQuantizer(nn.Module):
         window = cfg.usage_window or 2 * k
         rate = float(min(1.0, max(n_global / window, 1e-3)))
         self.usage.mul_(1 - rate).add_(counts / n_global, alpha=rate)
+        self.proven |= counts > 0  # all-reduced counts: identical on every rank
         if cfg.reseed and int(self.steps) % cfg.reseed_every == 0:
             self._reseed(counts, n_global)
 
     def _reseed(self, counts: Tensor, n_global: Tensor) -> None:
         k = self.codebook_size
-        dead = ((self.usage < self.config.reseed_threshold / k) & (counts == 0)).to(torch.uint8)
+        cfg = self.config
+        threshold = torch.where(self.proven, cfg.reseed_threshold, cfg.reseed_threshold_unproven) / k  # (k,)
+        dead = ((self.usage < threshold) & (counts == 0)).to(torch.uint8)
         dead = _broadcast(dead).bool()  # rank 0 decides
         n_dead = int(dead.sum())
         if n_dead == 0 or self._recent_filled == 0:
@@ -451,10 +467,12 @@ class VectorQuantizer(nn.Module):
         anchors = _broadcast(anchors.contiguous())
         self.codebook.data[dead] = F.normalize(anchors, dim=-1) if self.config.cosine else anchors
         self.usage[dead] = 1.0 / k  # grace period: a fresh code starts at a uniform share
+        self.proven[dead] = False
         if self.config.update == "ema":
             fresh = float(n_global) / k
             self.ema_count[dead] = fresh
             self.ema_sum[dead] = self.codebook.data[dead] * fresh
+        self.n_reseeded += n_dead
         log.debug("re-seeded %d dead codes of %d", n_dead, k)
 
 
