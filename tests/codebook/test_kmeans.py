@@ -205,7 +205,7 @@ def test_kmeans_plusplus_native_matches_torch(kind, monkeypatch):
     g = torch.Generator().manual_seed(4)
     w = None if kind is None else (torch.rand(3000, generator=g) if kind == "rows" else torch.rand(3000, 5, generator=g))
     fast = kmeans_plusplus(x, 40, w, torch.Generator().manual_seed(1))
-    monkeypatch.setattr(_native, "kmeans_plusplus", lambda *a, **k: None)
+    monkeypatch.setattr(_native.NativeD2, "create", classmethod(lambda *a, **k: None))
     slow = kmeans_plusplus(x, 40, w, torch.Generator().manual_seed(1))
     assert torch.equal(fast[0], slow[0])
     # both are rows of x, distinct; the seedings' objectives agree (the draws follow the same

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from vq_kernels.native import load_library
 
-__all__ = ["nearest", "available", "kmeans_plusplus"]
+__all__ = ["nearest", "available", "NativeD2"]
 
 _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
@@ -99,37 +99,35 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     return idx, dist
 
 
-def kmeans_plusplus(
-    x: Tensor, k: int, first: int, w_coord: Tensor | None, w_rows: Tensor | None, generator: torch.Generator | None
-) -> Tensor | None:
-    """k-means++ seeding on the CPU in C, or ``None`` when the kernel is unavailable.
+class NativeD2:
+    """k-means++ step primitives in C (same interface as ``kmeans._TorchD2``).
 
     The k sequential D^2-sampling steps each touch all n rows with a handful of operations;
     as torch ops every step pays several dispatches and thread wake-ups, which on a busy
     2-core machine made k = 4096 seeding of 2e5 points take 130 s (bench/kmeans.py). Here
-    each step is one pass in C. Same sampling rule as the torch version in kmeans.py.
-    x: (n, d) float32 CPU; first: index of the first centre; w_coord: None or (n, d) weights of the
-    distance; w_rows: None or (n,) weights of the sampling mass. Returns (k, d).
+    each step is one single-threaded pass in C.
     """
-    lib = _load()
-    if lib is None or x.device.type != "cpu":
-        return None
-    x = x.float().contiguous()
-    wc = None if w_coord is None else w_coord.float().contiguous()
-    wr = None if w_rows is None else w_rows.float().contiguous()
-    n, d = x.shape
-    centers = torch.empty(k, d, dtype=torch.float32)
-    closest = torch.full((n,), float("inf"), dtype=torch.float32)
-    total = 0.0
-    for j in range(k):
-        if j == 0:
-            i = first
-        elif total <= 0.0 or not math.isfinite(total):  # fewer distinct points than k
-            i = int(torch.randint(n, (1,), generator=generator))
-        else:
-            u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * total
-            i = lib.vq_kpp_sample(closest.data_ptr(), _ptr(wr), n, u)
-        centers[j] = x[i]
-        total = lib.vq_kpp_update(x.data_ptr(), _ptr(wc), centers[j].data_ptr(), _ptr(wr), closest.data_ptr(), n, d)
-    return centers
 
+    def __init__(self, lib: ctypes.CDLL, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None):
+        self.lib = lib
+        self.x = x.float().contiguous()  # (n, d)
+        self.wc = None if w_coord is None else w_coord.float().contiguous()  # (n, d)
+        self.wm = None if w_mass is None else w_mass.float().contiguous()  # (n,)
+        self.closest = torch.full((x.shape[0],), math.inf, dtype=torch.float32)
+
+    @classmethod
+    def create(cls, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None) -> "NativeD2 | None":
+        """The C stepper for CPU tensors, or ``None`` when the kernel is unavailable."""
+        lib = _load()
+        return None if lib is None or x.device.type != "cpu" else cls(lib, x, w_coord, w_mass)
+
+    def update(self, c: Tensor) -> float:
+        """closest = min(closest, D^2 to c); returns the sampling mass sum(closest * w_mass)."""
+        c = c.float().contiguous()
+        n, d = self.x.shape
+        return self.lib.vq_kpp_update(self.x.data_ptr(), _ptr(self.wc), c.data_ptr(), _ptr(self.wm),
+                                      self.closest.data_ptr(), n, d)
+
+    def sample(self, target: float) -> int:
+        """Smallest i whose cumulative mass exceeds ``target``."""
+        return self.lib.vq_kpp_sample(self.closest.data_ptr(), _ptr(self.wm), self.x.shape[0], target)

@@ -32,8 +32,8 @@ __all__ = ["KMeans", "assign", "kmeans_plusplus"]
 
 log = logging.getLogger(__name__)
 
-#: distance block budget: rows_per_chunk * k * 4 bytes. 8 MiB keeps the (rows, k) block in
-#: the L2/L3 cache; measured by bench/kmeans.py against 32 and 128 MiB blocks (see docs/results.md).
+#: distance block budget of the pure-torch path: rows_per_chunk * k * 4 bytes (about an L3 slice).
+#: Not tuned: a one-off sweep of 256 KiB - 32 MiB on the loaded 2-core sandbox was within its noise.
 DEFAULT_CHUNK_BYTES = 8 * 2**20
 _INITS = ("k-means++", "random")
 _BACKENDS = ("auto", "faiss", "torch")
@@ -121,47 +121,63 @@ def _assign(x: Tensor, c: Tensor, w: Tensor | None, chunk_bytes: int) -> tuple[T
     return idx, dist
 
 
+class _TorchD2:
+    """k-means++ step primitives in torch (any device): the running D^2 distances ``closest``.
+
+    Distances as matrix-vector products (no (n, d) temporaries):
+    sum_j w_ij (x_ij - c_j)^2 = sum_j w_ij x_ij^2 - 2 (w*x)_i . c + w_i . c^2
+    """
+
+    def __init__(self, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None):
+        self.w_coord, self.w_mass = w_coord, w_mass
+        self.wx = x if w_coord is None else w_coord * x  # (n, d)
+        self.row_const = (self.wx * x).sum(1)  # (n,)
+        self.closest = torch.full((x.shape[0],), math.inf, device=x.device)
+        self.mass = self.closest
+
+    def update(self, c: Tensor) -> float:
+        """closest = min(closest, D^2 to c); returns the sampling mass sum(closest * w_mass)."""
+        extra = (c * c).sum() if self.w_coord is None else self.w_coord @ (c * c)
+        torch.minimum(self.closest, (self.row_const + extra - 2.0 * (self.wx @ c)).clamp_min_(0.0), out=self.closest)
+        self.mass = self.closest if self.w_mass is None else self.closest * self.w_mass
+        return float(self.mass.sum(dtype=torch.float64))
+
+    def sample(self, target: float) -> int:
+        """Smallest i whose cumulative mass exceeds ``target``."""
+        cdf = self.mass.double().cumsum(0).cpu()
+        return min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64))), len(cdf) - 1)
+
+
 def kmeans_plusplus(
     x: Tensor, k: int, weights: Tensor | None = None, generator: torch.Generator | None = None
 ) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): D^2 sampling, weighted by importance.
 
     x: (n, d) float32; weights None / (n,) / (n, d). Returns (k, d) float32 distinct rows of x.
+    Per-coordinate weights weigh the distance; per-sample weights weigh the sampling mass. On the
+    CPU each step is one C pass (:class:`vq.codebook._native.NativeD2`), else torch ops.
     """
-    n, _ = x.shape
-    w_rows = None if weights is None else (weights if weights.dim() == 1 else weights.mean(1))
+    n = x.shape[0]
     w_coord = weights if (weights is not None and weights.dim() == 2) else None
-
-    def sample(p: Tensor) -> int:  # one index with probability proportional to p (any n)
-        cdf = p.double().cumsum(0).cpu()
-        total = float(cdf[-1])
-        if total <= 0.0 or not math.isfinite(total):  # fewer distinct points than k
-            return int(torch.randint(n, (1,), generator=generator))
-        u = torch.rand(1, generator=generator, dtype=torch.float64) * total
-        return min(int(torch.searchsorted(cdf, u)), n - 1)
-
-    first = sample(torch.ones(n, device=x.device) if w_rows is None else w_rows)
-    if x.device.type == "cpu":  # one C pass per step instead of several torch dispatches
-        per_sample = None if weights is None or weights.dim() == 2 else weights
-        fused = _native.kmeans_plusplus(x, k, first, w_coord, per_sample, generator)
-        if fused is not None:
-            return fused
+    w_mass = weights if (weights is not None and weights.dim() == 1) else None
+    first_w = None if weights is None else (weights if weights.dim() == 1 else weights.mean(1))
+    d2 = _native.NativeD2.create(x, w_coord, w_mass) if x.device.type == "cpu" else None
+    if d2 is None:
+        d2 = _TorchD2(x, w_coord, w_mass)
     centers = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
-    centers[0] = x[first]
-
-    # (n,) distance of every row to one centre as matrix-vector products (no (n, d) temporaries):
-    # sum_j w_ij (x_ij - c_j)^2 = sum_j w_ij x_ij^2 - 2 (w*x)_i . c + w_i . c^2
-    wx = x if w_coord is None else w_coord * x  # (n, d)
-    row_const = (wx * x).sum(1)  # (n,)
-
-    def d2(c: Tensor) -> Tensor:
-        extra = (c * c).sum() if w_coord is None else w_coord @ (c * c)
-        return (row_const + extra - 2.0 * (wx @ c)).clamp_min_(0.0)
-
-    closest = d2(centers[0])
-    for j in range(1, k):
-        centers[j] = x[sample(closest if w_coord is not None or w_rows is None else closest * w_rows)]
-        closest = torch.minimum(closest, d2(centers[j]))
+    total = float(n) if first_w is None else float(first_w.sum(dtype=torch.float64))
+    for j in range(k):
+        if total <= 0.0 or not math.isfinite(total):  # fewer distinct points than k
+            i = int(torch.randint(n, (1,), generator=generator))
+        else:
+            u = float(torch.rand(1, generator=generator, dtype=torch.float64)) * total
+            if j > 0:
+                i = d2.sample(u)
+            else:  # first centre: proportional to the per-row weight (uniform without weights)
+                cdf = (torch.ones(n) if first_w is None else first_w.cpu()).double().cumsum(0)
+                i = min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=torch.float64))), n - 1)
+        centers[j] = x[i]
+        total = d2.update(centers[j])
     return centers
 
 
