@@ -26,10 +26,15 @@ __all__ = ["nearest", "available", "NativeD2"]
 
 _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
-_pool: ThreadPoolExecutor | None = None
 _MIN_ROWS_PER_THREAD = 2048
 _VL = 16  # vector width of csrc/nearest.c (VL)
 _PAD_NORM = 1e30
+
+
+@lru_cache(maxsize=None)
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One worker pool per thread count, kept for the life of the process."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vq-nearest")
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +69,6 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     lib = _load()
     if lib is None or x.device.type != "cpu":
         return None
-    global _pool
     x = x.float().contiguous()
     w = None if w is None else w.float().contiguous()
     n, d = x.shape
@@ -92,10 +96,8 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     if threads == 1:
         run(0, n)
     else:
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vq-nearest")
         bounds = [n * t // threads for t in range(threads + 1)]
-        list(_pool.map(lambda t: run(bounds[t], bounds[t + 1]), range(threads)))
+        list(_pool(threads).map(lambda t: run(bounds[t], bounds[t + 1]), range(threads)))
     return idx, dist
 
 
