@@ -17,7 +17,13 @@ sum), correct but about 30x slower (docs/results.md, ``bench/lut_cpu.py --torch-
 Other cases dequantize ``ROW_CHUNK`` rows at a time into one reused buffer that stays in cache
 and multiply it with ``x`` (MKL sgemm), so the dense weight is never materialised in full.
 
-Memory trade: the kernels read the codes unpacked, one index per (row, group, codebook):
+Codebooks of at most 16 entries (``K <= 16``, d in {1, 2, 4, 8}, e.g. the 2-bit layout d=2,
+K=16) take a third kernel that needs no tables at all: the index keeps 4 bits per code, 16 output
+rows side by side (:func:`index_format` ``"u4"``), and per code slot one AVX-512 ``vpermps`` per
+coordinate looks the 16 rows' weights up in the codebook held in a register, then FMAs them with
+the broadcast input. It serves every batch size (batch tiles of 8 over the same codes in L1).
+
+Memory trade (``K > 16``): the kernels read the codes unpacked, one index per (row, group, codebook):
 :func:`prepare` builds that uint8 / int16 tensor once (chunk-major, see there) and
 ``VQLinear`` caches it (``out * in * M / d`` bytes for K <= 256: 1 byte per code instead of
 ``bits/8``; for a 2x8 layer that is 4x the packed codes and 1/16 of the fp32 weight).
@@ -39,6 +45,8 @@ from vq_kernels.packing import unpack_codes
 
 __all__ = [
     "GEMV_MAX_BATCH",
+    "LUT16_MAX_BATCH",
+    "index_format",
     "ROW_CHUNK",
     "prepare",
     "native_available",
@@ -52,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: largest batch served by the LUT path; the gather reads B contiguous floats per code
 GEMV_MAX_BATCH = 8
+#: largest batch served by the 4-bit in-register table kernel; one thread, 2 bits/weight (d=2, K=16):
+#: 1.0-1.1x a dense sgemm at B = 128, below dequantize + sgemm beyond (bench/lut_cpu.py --batches)
+LUT16_MAX_BATCH = 128
 #: bytes of B = 1 lookup table per work item of the C++ kernel (B > 1: times the vector width).
 #: Sweep at 4096x4096 2x8 (row-major index, warm caches), one thread, CPU time, dense fp32
 #: 5.76 / 18.70 ms at B = 1 / 8 — B=1: 32K 6.66, 128K 3.24, 256K 2.83, 512K 2.93, 1M 3.46 ms;
@@ -71,8 +82,11 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 def _native() -> ctypes.CDLL | None:
     """Build (once per source/flags/CPU) and load the C++ kernels; None if that fails."""
     dll = load_library(_SRC, _FLAGS, os.environ.get("CXX", "g++"))
-    if dll is None:
-        return None
+    return None if dll is None else _bind(dll)
+
+
+def _bind(dll: ctypes.CDLL) -> ctypes.CDLL:
+    """Declare the C signatures of the library's entry points."""
     i64, p = ctypes.c_int64, ctypes.c_void_p
     for name in ("vq_lut_linear_u8", "vq_lut_linear_u16"):
         getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 13, ctypes.c_int]
@@ -80,6 +94,13 @@ def _native() -> ctypes.CDLL | None:
     for name in ("vq_dequantize_u8", "vq_dequantize_u16"):
         getattr(dll, name).argtypes = [p, p, p, p, *[i64] * 11, ctypes.c_int]
         getattr(dll, name).restype = None
+    dll.vq_dequantize_u4.argtypes = [p, p, p, p, *[i64] * 9, ctypes.c_int]
+    dll.vq_dequantize_u4.restype = None
+    dll.vq_lut16_linear.argtypes = [p, p, p, p, p, i64, p, ctypes.c_int]
+    dll.vq_lut16_linear.restype = None
+    dll.vq_lut16_vectorised.restype = ctypes.c_int
+    dll.vq_dequantize_u4t.argtypes = [p, p, p, p, *[i64] * 11, ctypes.c_int]
+    dll.vq_dequantize_u4t.restype = ctypes.c_int
     return dll
 
 
@@ -92,8 +113,14 @@ def _threads(codes: int) -> int:
     return torch.get_num_threads() if codes >= PARALLEL_MIN_CODES else 1
 
 
-def _suffix(idx: Tensor) -> str:
-    return "u8" if idx.dtype == torch.uint8 else "u16"
+def index_format(layout: VQLayout) -> str:
+    """How :func:`prepare` stores the codes of ``layout``: ``"u4"`` (4-bit codes, 16 rows side by
+    side) when ``K <= 16``, ``d`` is 1, 2, 4 or 8, every codebook row tile holds whole 16-row
+    blocks and the native kernels load; else ``"u8"`` (K <= 256) or ``"u16"``."""
+    lay = layout
+    if lay.K <= 16 and lay.d in (1, 2, 4, 8) and (lay.row_tiles == 1 or lay.tile_rows % 16 == 0) and native_available():
+        return "u4"
+    return "u8" if lay.K <= 256 else "u16"
 
 
 # -- preparation --------------------------------------------------------------------------
@@ -121,6 +148,8 @@ def prepare(codes: Tensor, layout: VQLayout) -> Tensor:
         layout.check_packed_codes(codes, check_range=False)
         codes = unpack_codes(codes, layout.bits, layout.n_groups, layout.M)
     layout.check_logical_codes(codes)  # range [0, K) checked here, before any gather
+    if index_format(layout) == "u4":
+        return _prepare_u4(codes, layout)
     out, j = layout.out_features, layout.n_groups * layout.M
     jc = index_chunk(layout)
     n_chunks = -(-j // jc)
@@ -132,9 +161,26 @@ def prepare(codes: Tensor, layout: VQLayout) -> Tensor:
     return torch.where(blocked >= 1 << 15, blocked - (1 << 16), blocked).to(torch.int16).contiguous()
 
 
-def _check_index(idx: Tensor, layout: VQLayout) -> None:
+def _prepare_u4(codes: Tensor, layout: VQLayout) -> Tensor:
+    """(out, n_groups, M) codes in [0, 16) -> (RB, P, 16) uint8, RB = ceil(out / 16), P = ceil(J / 2):
+    byte ``lane`` of pair ``p`` of row block ``rb`` = code(rb*16 + lane, 2p) | code(.., 2p+1) << 4."""
+    out, j = layout.out_features, layout.n_groups * layout.M
+    rb, p = -(-out // 16), -(-j // 2)
+    flat = torch.zeros(rb * 16, 2 * p, dtype=torch.uint8)  # (RB*16, 2P): padding rows/codes are 0
+    flat[:out, :j] = codes.reshape(out, j).cpu().to(torch.uint8)
+    pairs = flat[:, 0::2] | (flat[:, 1::2] << 4)  # (RB*16, P)
+    return pairs.reshape(rb, 16, p).transpose(1, 2).contiguous()  # (RB, P, 16)
+
+
+def _index_shape(layout: VQLayout) -> tuple[int, int, int]:
+    if index_format(layout) == "u4":
+        return (-(-layout.out_features // 16), -(-layout.n_groups * layout.M // 2), 16)
     jc = index_chunk(layout)
-    want = (-(-layout.n_groups * layout.M // jc), layout.out_features, jc)
+    return (-(-layout.n_groups * layout.M // jc), layout.out_features, jc)
+
+
+def _check_index(idx: Tensor, layout: VQLayout) -> None:
+    want = _index_shape(layout)
     dtype = torch.uint8 if layout.K <= 256 else torch.int16
     if not isinstance(idx, Tensor) or idx.dtype != dtype or tuple(idx.shape) != want or not idx.is_contiguous():
         got = (idx.dtype, tuple(idx.shape)) if isinstance(idx, Tensor) else type(idx).__name__
@@ -143,9 +189,22 @@ def _check_index(idx: Tensor, layout: VQLayout) -> None:
         raise ValueError(f"index must be on the CPU, got {idx.device}")
 
 
+def _check_call(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> None:
+    """Every input of a product, before any kernel runs: x (B, in) float on the CPU, the prepared
+    index of this layout, codebooks and scales."""
+    check_input(x, layout, torch.device("cpu"))
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (B, {layout.in_features}), got {tuple(x.shape)}")
+    _check_index(index, layout)
+    layout.check_codebooks(codebooks, scales)
+
+
 def _index_long(idx: Tensor, layout: VQLayout) -> Tensor:
     """The prepared index back as (out, J) int64 codes."""
     j = layout.n_groups * layout.M
+    if index_format(layout) == "u4":
+        pairs = idx.transpose(1, 2).reshape(-1, idx.shape[1]).long()  # (RB*16, P)
+        return torch.stack([pairs & 15, pairs >> 4], dim=-1).reshape(pairs.shape[0], -1)[: layout.out_features, :j]
     flat = idx.transpose(0, 1).reshape(layout.out_features, -1)[:, :j]  # (out, J)
     return flat.long() & 0xFFFF  # int16 holds uint16 bit patterns
 
@@ -177,11 +236,11 @@ def _tables(x: Tensor, codebooks: Tensor, layout: VQLayout) -> Tensor:
 def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
     """x (B, in) with 1 <= B <= 8 -> (B, out) in x's dtype, by table lookup."""
     lay = layout
-    check_input(x, lay, torch.device("cpu"))
-    if x.dim() != 2 or not 1 <= x.shape[0] <= GEMV_MAX_BATCH:
+    _check_call(x, index, codebooks, scales, lay)
+    if not 1 <= x.shape[0] <= GEMV_MAX_BATCH:
         raise ValueError(f"lut_gemv takes x of shape (B, {lay.in_features}) with 1 <= B <= {GEMV_MAX_BATCH}")
-    _check_index(index, lay)
-    lay.check_codebooks(codebooks, scales)
+    if index_format(lay) == "u4":
+        return _lut16(x, index, codebooks, scales, lay)
     b = x.shape[0]
     cb, sc = _f32_codebooks(codebooks, scales)
     xf = x.float().contiguous()
@@ -196,7 +255,7 @@ def lut_gemv(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
         threads = _threads(lay.out_features * j)
         items = lay.row_tiles * -(-j // jc)
         row_blocks = max(1, -(-2 * threads // items))  # split rows too when there are few items
-        getattr(dll, f"vq_lut_linear_{_suffix(index)}")(
+        getattr(dll, f"vq_lut_linear_{index_format(lay)}")(
             xf.data_ptr(), index.data_ptr(), cb.data_ptr(), y.data_ptr(), b, lay.out_features, lay.in_features,
             lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.row_tiles, lay.group_tiles,
             jc, row_blocks, threads,
@@ -233,18 +292,25 @@ def dequantize(
     cb, sc = _f32_codebooks(codebooks, scales)
     if codebooks.dtype == torch.float64 or scales.dtype == torch.float64:
         cb, sc = codebooks.double().contiguous(), scales.double().contiguous()
-    dll = _native()
+    dll, fmt = _native(), index_format(lay)
     if dll is not None and cb.dtype == torch.float32 and lay.d <= 64:
         n = (r1 - r0) * lay.in_features
         if out is not None and out.dtype == torch.float32 and out.is_contiguous() and out.numel() >= n:
             w = out.view(-1)[:n].view(r1 - r0, lay.in_features)
         else:
             w = torch.empty(r1 - r0, lay.in_features)
-        getattr(dll, f"vq_dequantize_{_suffix(index)}")(
-            index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
-            lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles,
-            index_chunk(lay), lay.out_features, _threads((r1 - r0) * lay.n_groups * lay.M),
-        )
+        threads = _threads((r1 - r0) * lay.n_groups * lay.M)
+        common = (index.data_ptr(), cb.data_ptr(), sc.data_ptr(), w.data_ptr(), r0, r1,
+                  lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles)
+        if fmt == "u4" and _vectorised_u4():  # (in, cols) blocks of whole row blocks, then transposed
+            rb0, rb1 = r0 // 16, -(-r1 // 16)
+            wt = torch.empty(lay.in_features, (rb1 - rb0) * 16)  # (in, cols)
+            _dequantize_u4t(index, cb, sc, wt, rb0, rb1, lay, threads)
+            w.copy_(wt[:, r0 - rb0 * 16 : r1 - rb0 * 16].T)
+        elif fmt == "u4":
+            dll.vq_dequantize_u4(*common, threads)
+        else:
+            getattr(dll, f"vq_dequantize_{fmt}")(*common, index_chunk(lay), lay.out_features, threads)
     else:
         codes = _index_long(index, lay)[r0:r1].reshape(r1 - r0, lay.n_groups, lay.M)  # (n, G, M)
         rt = (torch.arange(r0, r1) // lay.tile_rows)[:, None]  # (n, 1)
@@ -256,16 +322,63 @@ def dequantize(
     return w.to(codebooks.dtype) if round_to_codebook_dtype else w
 
 
+@lru_cache(maxsize=1)
+def _vectorised_u4() -> bool:
+    """True when the 4-bit kernels were built with AVX-512 (else they run portable scalar loops)."""
+    dll = _native()
+    return dll is not None and bool(dll.vq_lut16_vectorised())
+
+
+def _dequantize_u4t(index: Tensor, cb: Tensor, sc: Tensor, wt: Tensor, rb0: int, rb1: int, lay: VQLayout,
+                    threads: int) -> None:
+    """wt[:, :(rb1 - rb0) * 16] (in, cols) = the float32 weight of row blocks [rb0, rb1), transposed."""
+    _native().vq_dequantize_u4t(
+        index.data_ptr(), cb.data_ptr(), sc.data_ptr(), wt.data_ptr(), rb0, rb1, wt.shape[1], lay.out_features,
+        lay.n_groups, lay.M, lay.K, lay.d, lay.tile_rows, lay.tile_groups, lay.group_tiles, threads,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _dims(lay: VQLayout) -> ctypes.Array:
+    """The layout's sizes as one int64 array for the 4-bit kernel (one argument instead of nine)."""
+    return (ctypes.c_int64 * 9)(lay.out_features, lay.in_features, lay.n_groups, lay.M, lay.K, lay.d,
+                                lay.tile_rows, lay.tile_groups, lay.group_tiles)
+
+
+def _lut16(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
+    """x (B, in) -> (B, out) with the in-register codebook kernel (``"u4"`` index; checked by the caller)."""
+    lay = layout
+    cb = codebooks.float().contiguous()  # (R_t, C_t, M, K, d)
+    sc = scales.float().contiguous()
+    xf = x.float().contiguous()
+    y = torch.empty(x.shape[0], lay.out_features)  # (B, out) float32
+    _native().vq_lut16_linear(
+        xf.data_ptr(), index.data_ptr(), cb.data_ptr(), sc.data_ptr(), y.data_ptr(), x.shape[0], _dims(lay),
+        _threads(x.shape[0] * lay.out_features * lay.n_groups * lay.M),
+    )
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
 def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
     """x (B, in) -> (B, out): dequantize ``ROW_CHUNK`` rows at a time and multiply (sgemm)."""
     lay = layout
-    check_input(x, lay, torch.device("cpu"))
-    if x.dim() != 2:
-        raise ValueError(f"lut_gemm takes x of shape (B, {lay.in_features}), got {tuple(x.shape)}")
-    _check_index(index, lay)
-    lay.check_codebooks(codebooks, scales)
+    _check_call(x, index, codebooks, scales, lay)
     acc = torch.float64 if torch.float64 in (x.dtype, codebooks.dtype, scales.dtype) else torch.float32
     xa = x.to(acc)
+    if index_format(lay) == "u4" and acc == torch.float32 and _vectorised_u4():
+        # x @ W^T block by block: (B, in) @ (in, cols) ran at 0.98x one dense sgemm at 4096x4096,
+        # B = 512 (the (cols, in) @ (in, B) order at 0.81x)
+        cb, sc = _f32_codebooks(codebooks, scales)
+        y = torch.empty(x.shape[0], lay.out_features)  # (B, out)
+        wt = torch.empty(lay.in_features, ROW_CHUNK)  # (in, cols), reused: no page faults
+        part = torch.empty(x.shape[0], ROW_CHUNK)  # (B, cols)
+        threads = _threads(ROW_CHUNK * lay.n_groups * lay.M)
+        for rb0 in range(0, -(-lay.out_features // 16), ROW_CHUNK // 16):
+            r0, r1 = rb0 * 16, min(rb0 * 16 + ROW_CHUNK, lay.out_features)
+            _dequantize_u4t(index, cb, sc, wt, rb0, -(-r1 // 16), lay, threads)
+            torch.mm(xa, wt, out=part)
+            y[:, r0:r1] = part[:, : r1 - r0]
+        return y.to(x.dtype)
     y = torch.empty(lay.out_features, x.shape[0], dtype=acc)  # (out, B): row chunks are contiguous
     buf = torch.empty(min(ROW_CHUNK, lay.out_features) * lay.in_features)  # reused: no page faults
     for r0 in range(0, lay.out_features, ROW_CHUNK):
@@ -277,9 +390,13 @@ def lut_gemm(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout
 
 
 def linear(x: Tensor, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> Tensor:
-    """x (B, in) -> (B, out): LUT-GEMV up to ``GEMV_MAX_BATCH`` rows when tables pay off for this
-    layout (:attr:`VQLayout.lut_pays_off`), tiled dequantize + GEMM otherwise."""
-    small = x.dim() == 2 and 1 <= x.shape[0] <= GEMV_MAX_BATCH
-    if small and x.dtype != torch.float64 and layout.lut_pays_off:
+    """x (B, in) -> (B, out). ``"u4"`` index: the in-register table kernel up to
+    ``LUT16_MAX_BATCH`` rows. Otherwise LUT-GEMV up to ``GEMV_MAX_BATCH`` rows when tables pay
+    off for this layout (:attr:`VQLayout.lut_pays_off`). Else tiled dequantize + GEMM."""
+    b = x.shape[0] if x.dim() == 2 else 0
+    if 1 <= b <= LUT16_MAX_BATCH and x.dtype != torch.float64 and index_format(layout) == "u4":
+        _check_call(x, index, codebooks, scales, layout)
+        return _lut16(x, index, codebooks, scales, layout)
+    if 1 <= b <= GEMV_MAX_BATCH and x.dtype != torch.float64 and layout.lut_pays_off:
         return lut_gemv(x, index, codebooks, scales, layout)
     return lut_gemm(x, index, codebooks, scales, layout)

@@ -16,6 +16,7 @@ Row ``r`` and group ``g`` use codebook tile ``codebooks[r // tile_rows, g // til
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -59,23 +60,23 @@ class VQLayout:
             raise ValueError(f"K={self.K} codewords do not fit in bits={self.bits} (max {1 << self.bits})")
 
     # -- derived sizes ---------------------------------------------------------------------
-    @property
+    @cached_property  # read on every call: computed once
     def n_groups(self) -> int:
         return self.in_features // self.d
 
-    @property
+    @cached_property  # read on every call: computed once
     def row_tiles(self) -> int:  # R_t
         return -(-self.out_features // self.tile_rows)
 
-    @property
+    @cached_property  # read on every call: computed once
     def group_tiles(self) -> int:  # C_t
         return -(-self.n_groups // self.tile_groups)
 
-    @property
+    @cached_property  # read on every call: computed once
     def words_per_row(self) -> int:
         return words_per_row(self.n_groups, self.M, self.bits)
 
-    @property
+    @cached_property  # read on every call: computed once
     def codebook_shape(self) -> tuple[int, int, int, int, int]:
         return (self.row_tiles, self.group_tiles, self.M, self.K, self.d)
 

@@ -58,6 +58,10 @@ CASES = [
     Case(70, 64, 8, 2, 256, tile_rows=32, tile_groups=3),  # ragged tiles
     Case(33, 48, 4, 3, 8, tile_rows=16),
     Case(9, 36, 4, 1, 300, tile_groups=4),  # K > 256 (int16 index), column tiles
+    # K <= 16 (4-bit CPU index): ragged row/column tiles, odd slots per tile, M = 2
+    Case(50, 46, 2, 1, 16, tile_rows=16, tile_groups=7),
+    Case(70, 40, 4, 2, 16, tile_rows=32, tile_groups=3),
+    Case(40, 16, 2, 1, 16, tile_rows=20),  # row tiles not of whole 16-row blocks: byte index
 ]
 
 

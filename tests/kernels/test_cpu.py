@@ -27,7 +27,7 @@ def test_dequantize_bit_exact(case, impl):
     assert torch.equal(cpu.dequantize(idx, cb, sc, lay, slice(1, 5)), want[1:5])
 
 
-@pytest.mark.parametrize("batch", [1, 3, 8, 11])
+@pytest.mark.parametrize("batch", [1, 3, 8, 11, 130])
 def test_linear_matches_float64_reference(case, impl, batch, rel_err):
     codes, cb, sc, lay = case.make(seed=20 + batch)
     idx = cpu.prepare(pack_codes(codes, lay.bits), lay)  # also exercises prepare() on packed codes
@@ -38,6 +38,51 @@ def test_linear_matches_float64_reference(case, impl, batch, rel_err):
     assert rel_err(y, ref) < 1e-5
     if batch <= cpu.GEMV_MAX_BATCH:  # the GEMM path also serves small batches
         assert rel_err(cpu.lut_gemm(x, idx, cb, sc, lay), ref) < 1e-5
+
+
+def test_four_bit_index_for_small_codebooks():
+    from vq_kernels.layout import VQLayout
+
+    if not cpu.native_available():
+        pytest.skip("C++ CPU kernels could not be built here")
+    g = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, 16, (37, 9, 1), generator=g)  # J = 9: the last pair is half padding
+    lay = VQLayout.infer(codes, torch.zeros(1, 1, 1, 16, 2))
+    idx = cpu.prepare(codes, lay)
+    assert cpu.index_format(lay) == "u4" and idx.dtype == torch.uint8 and idx.shape == (3, 5, 16)
+    assert int(idx[0, 0, 1]) == int(codes[1, 0, 0]) | int(codes[1, 1, 0]) << 4  # row 1, slots 0 and 1
+    assert int(idx[2, 4, 4]) == int(codes[36, 8, 0])  # row 36 = block 2 lane 4, slot 8, high nibble 0
+    assert torch.equal(idx[2, :, 5:], torch.zeros(5, 11, dtype=torch.uint8))  # padding rows
+    tiled = VQLayout.infer(codes, torch.zeros(2, 1, 1, 16, 2), tile_rows=20)  # 20-row tiles: byte index
+    assert cpu.index_format(tiled) == "u8"
+
+
+def test_four_bit_kernels_without_avx512(rel_err, monkeypatch):
+    """The portable loops (a build without AVX-512, as on a CPU without it) agree with the reference."""
+    from vq_kernels.layout import VQLayout
+    from vq_kernels.native import load_library
+
+    if not cpu.native_available():
+        pytest.skip("C++ CPU kernels could not be built here")
+    dll = load_library(cpu._SRC, [*cpu._FLAGS, "-mno-avx512f"], "g++")
+    assert dll is not None and dll.vq_lut16_vectorised() == 0
+    monkeypatch.setattr(cpu, "_native", lambda: cpu._bind(dll))
+    cpu._vectorised_u4.cache_clear()
+    try:
+        g = torch.Generator().manual_seed(6)
+        codes = torch.randint(0, 12, (45, 11, 2), generator=g)
+        cb, sc = torch.randn(3, 4, 2, 12, 4, generator=g), torch.rand(45, generator=g) + 0.5
+        lay = VQLayout.infer(codes, cb, tile_rows=16, tile_groups=3)
+        idx = cpu.prepare(codes, lay)
+        assert cpu.index_format(lay) == "u4"
+        want = reference.dequantize(codes, cb, sc, 16, 3)
+        assert torch.equal(cpu.dequantize(idx, cb, sc, lay), want)
+        for b in (1, 5, 200):
+            x = torch.randn(b, 44, generator=g)
+            ref = reference.vq_linear(x.double(), codes, cb.double(), sc.double(), 16, 3)
+            assert rel_err(cpu.linear(x, idx, cb, sc, lay), ref) < 1e-5
+    finally:
+        cpu._vectorised_u4.cache_clear()
 
 
 def test_half_codebooks(rel_err):
