@@ -78,6 +78,8 @@ def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
     p.add_argument("--group-size", type=int, default=None, help="rtn/gptq: columns per grid; gptvq: weights per codebook")
     p.add_argument("--dim", type=int, default=None, help="gptvq: vector length d")
     p.add_argument("--index-bits", type=int, default=None, help="gptvq: bits per code (K = 2**index_bits)")
+    p.add_argument("--block-cols", type=int, default=None,
+                   help="gptvq: input columns per codebook tile (rows per tile = group size / this)")
     p.add_argument("--act-order", action="store_true", help="gptq: visit columns by decreasing diag(H)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -102,8 +104,10 @@ def _solver_config(args: argparse.Namespace):
             over["dim"] = args.dim
         if args.index_bits is not None:
             over["index_bits"] = args.index_bits
-    elif args.dim is not None or args.index_bits is not None:
-        raise ValueError("--dim / --index-bits apply to --method gptvq only")
+        if getattr(args, "block_cols", None) is not None:
+            over["block_cols"] = args.block_cols
+    elif args.dim is not None or args.index_bits is not None or getattr(args, "block_cols", None) is not None:
+        raise ValueError("--dim / --index-bits / --block-cols apply to --method gptvq only")
     if args.act_order:
         if args.method != "gptq":
             raise ValueError("--act-order applies to --method gptq only")
