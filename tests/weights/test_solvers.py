@@ -143,6 +143,21 @@ def test_tile_shape_divides_columns():
         tile_shape(8, 10, cfg)
 
 
+def test_tile_shape_whole_row_blocks_for_4bit_codes():
+    from vq_kernels import cpu
+    from vq_kernels.layout import VQLayout
+
+    cfg = GPTVQConfig(dim=2, index_bits=4, group_size=4096, block_cols=256)
+    assert tile_shape(576, 576, cfg) == (32, 192)  # 27 tiles of 22 rows -> 18 of 32
+    assert tile_shape(1536, 576, cfg) == (32, 192)
+    assert tile_shape(40, 576, GPTVQConfig(dim=2, index_bits=4, group_size=1 << 20)) == (40, 192)  # one tile
+    q = gptvq_quantize(*layer(out=50, inp=96)[:2], GPTVQConfig(dim=2, index_bits=4, group_size=512, block_cols=32))
+    assert q.tile_rows == 32  # 3 tiles of 17 rows -> 2 of 32 (the last one ragged)
+    if cpu.native_available():
+        lay = VQLayout(50, 96, 2, 1, 16, 4, q.tile_rows, q.tile_groups)
+        assert cpu.index_format(lay) == "u4"
+
+
 def test_gptvq_codes_stored_layout():
     W, H, _ = layer(out=50, inp=96)
     q = gptvq_quantize(W, H, GPTVQConfig(dim=4, index_bits=5, group_size=1024, block_cols=32))

@@ -99,14 +99,19 @@ def tile_shape(out_features: int, in_features: int, config: GPTVQConfig) -> tupl
     """(tile_rows, cols): codebook tile of ``tile_rows`` rows × ``cols`` input columns.
 
     ``cols`` is the largest multiple of ``d`` that divides ``in_features`` and is ≤ ``block_cols``;
-    the rows are split into ``round(out·cols / group_size)`` (≥ 1) near-equal tiles.
+    the rows are split into ``round(out·cols / group_size)`` (≥ 1) near-equal tiles. With 4-bit
+    codes (K ≤ 16) split rows are rounded up to whole 16-row blocks, the unit of the CPU's
+    in-register kernel (``vq_kernels.cpu.index_format``), so a tile may hold up to 15 more rows.
     """
     d = config.dim
     if in_features % d:
         raise ValueError(f"in_features={in_features} is not a multiple of dim={d}")
     cols = max(c for c in range(d, min(config.block_cols, in_features) + 1, d) if in_features % c == 0)
     r_t = max(1, round(out_features * cols / config.group_size))
-    return -(-out_features // r_t), cols
+    tile_rows = -(-out_features // r_t)
+    if r_t > 1 and config.index_bits <= 4:
+        tile_rows = min(out_features, -(-tile_rows // 16) * 16)
+    return tile_rows, cols
 
 
 def _nearest(x: Tensor, cb: Tensor, tile_rows: int) -> Tensor:

@@ -106,6 +106,8 @@ class VQLinear(nn.Module):
             self.bias = None
         # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
         self.register_buffer("_cpu_index", None, persistent=False)
+        self._cpu_plan: cpu.Plan | None = None  # index + float32 codebooks, checked once (eager CPU)
+        self._cpu_codes_version = -1  # codes._version the index was built from
         self.register_load_state_dict_post_hook(VQLinear._after_load)
 
     # -- metadata --------------------------------------------------------------------------
@@ -279,14 +281,19 @@ class VQLinear(nn.Module):
         if self.backend == "reference":
             check_input(x, lay)
             y = reference.vq_linear(x, self.unpacked_codes(), self.codebooks, self.scales, lay.tile_rows, lay.tile_groups)
+        elif self.cpu_cache and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            # eager CPU: the cached plan (index + float32 codebooks, checked once) runs the product
+            plan, codes, codebooks, scales = self._cpu_plan, self.codes, self.codebooks, self.scales
+            if (plan is None or codes._version != self._cpu_codes_version
+                    or not plan.built_from(self._cpu_index, codebooks, scales)):
+                self.prepare_cpu()  # first call, or the codes / codebooks / scales were replaced or edited
+                plan = self._cpu_plan
+            if x.dim() < 1 or x.shape[-1] != lay.in_features or x.numel() == 0:
+                check_input(x, lay)  # a wrong width must not be folded by the reshape
+                y = x.new_zeros(*x.shape[:-1], lay.out_features)
+            else:
+                y = plan(x.reshape(-1, lay.in_features)).reshape(*x.shape[:-1], lay.out_features)
         else:
-            if (
-                self.cpu_cache
-                and self._cpu_index is None
-                and x.device.type == "cpu"
-                and not torch.compiler.is_compiling()
-            ):
-                self.prepare_cpu()
             index = self._cpu_index if x.device.type == "cpu" else None
             y = ops.vq_linear(x, self.codes, self.codebooks, self.scales, lay, index=index)
         if self.bias is not None:
@@ -300,15 +307,17 @@ class VQLinear(nn.Module):
         forward; call it yourself before ``torch.compile`` so the compiled graph uses it."""
         if self.codes.device.type != "cpu":
             raise ValueError(f"prepare_cpu needs the layer on the CPU, it is on {self.codes.device}")
+        self._cpu_codes_version = self.codes._version
         self._cpu_index = cpu.prepare(self.codes, self.layout)
+        self._cpu_plan = cpu.Plan(self._cpu_index, self.codebooks, self.scales, self.layout)
 
     def _apply(self, fn, recurse=True):  # .to(device) / .half(): drop the derived index
-        self._cpu_index = None
+        self._cpu_index, self._cpu_plan = None, None
         return super()._apply(fn, recurse)
 
     @staticmethod
     def _after_load(module: "VQLinear", incompatible: Any) -> None:
-        module._cpu_index = None
+        module._cpu_index, module._cpu_plan = None, None
         lay = module.layout
         lay.check_packed_codes(module.codes)
         lay.check_codebooks(module.codebooks, module.scales)
