@@ -139,6 +139,21 @@ def test_cpu_index_cache_follows_the_weights():
     torch.testing.assert_close(a(x.double()), F.linear(x.double(), a.to_dense(), a.bias), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("K", [16, 64])  # the 4-bit CPU index and the byte index
+def test_cpu_plan_follows_in_place_edits(K):
+    """Codes, codebooks or scales changed in place after a forward: the next forward uses them."""
+    layer, *_ = _layer(seed=4, K=K, tr=16, bias=False)
+    x = torch.randn(3, 40, generator=torch.Generator().manual_seed(5))
+    layer(x)
+    with torch.no_grad():
+        layer.codebooks.mul_(-2.0)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
+        layer.scales.add_(1.0)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
+        layer.codes.copy_(layer.codes.flip(0))
+        torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
+
+
 def test_without_cache_same_result():
     cached, *_ = _layer(seed=3)
     plain, *_ = _layer(seed=3, cpu_cache=False)
