@@ -379,14 +379,23 @@ class Plan:
     each time (a 576x576 product takes ~15-25 us).
     """
 
-    __slots__ = ("layout", "index", "fmt", "_src", "_versions", "_cb", "_sc", "_dims")
+    __slots__ = ("layout", "index", "fmt", "_src", "_versions", "_cb", "_sc", "_dims", "_codes", "_codes_version")
 
-    def __init__(self, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout) -> None:
+    def __init__(
+        self, index: Tensor, codebooks: Tensor, scales: Tensor, layout: VQLayout, codes: Tensor | None = None
+    ) -> None:
+        """``codes``: the codes ``index`` was prepared from, if the caller wants
+        :meth:`codes_changed` to watch them."""
         _check_index(index, layout)
         layout.check_codebooks(codebooks, scales)
         self.layout, self.index, self.fmt = layout, index, index_format(layout)
         self._src = (codebooks, scales)
+        self._codes, self._codes_version = codes, (None if codes is None else codes._version)
         self._convert()
+
+    def codes_changed(self) -> bool:
+        """Whether the watched codes were edited in place since (the index is then stale)."""
+        return self._codes is not None and self._codes._version != self._codes_version
 
     def _convert(self) -> None:
         codebooks, scales = self._src
@@ -395,10 +404,6 @@ class Plan:
         lay = self.layout
         self._dims = (ctypes.c_int64 * 9)(lay.out_features, lay.in_features, lay.n_groups, lay.M, lay.K, lay.d,
                                           lay.tile_rows, lay.tile_groups, lay.group_tiles)
-
-    def built_from(self, index: Tensor, codebooks: Tensor, scales: Tensor) -> bool:
-        """Whether this plan serves these tensors (the same objects)."""
-        return index is self.index and codebooks is self._src[0] and scales is self._src[1]
 
     def __call__(self, x: Tensor) -> Tensor:
         """x (B, in) float on the CPU -> (B, out) in x's dtype."""

@@ -152,12 +152,15 @@ def test_cpu_plan_follows_in_place_edits(K):
         torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
         layer.codes.copy_(layer.codes.flip(0))
         torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
+        layer.codebooks = torch.randn(layer.codebooks.shape, generator=torch.Generator().manual_seed(6))  # replaced
+        torch.testing.assert_close(layer(x), F.linear(x, layer.to_dense()), rtol=1e-5, atol=1e-5)
 
 
 def test_without_cache_same_result():
     cached, *_ = _layer(seed=3)
     plain, *_ = _layer(seed=3, cpu_cache=False)
+    g = torch.Generator().manual_seed(7)
     for b in (1, 12):
-        x = torch.randn(b, 40)
-        torch.testing.assert_close(plain(x), cached(x), rtol=1e-6, atol=1e-6)
+        x = torch.randn(b, 40, generator=g)
+        torch.testing.assert_close(plain(x), cached(x), rtol=1e-5, atol=1e-5)  # fp32 sums in other orders
     assert plain._cpu_index is None

@@ -107,7 +107,6 @@ class VQLinear(nn.Module):
         # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
         self.register_buffer("_cpu_index", None, persistent=False)
         self._cpu_plan: cpu.Plan | None = None  # index + float32 codebooks, checked once (eager CPU)
-        self._cpu_codes_version = -1  # codes._version the index was built from
         self.register_load_state_dict_post_hook(VQLinear._after_load)
 
     # -- metadata --------------------------------------------------------------------------
@@ -283,12 +282,14 @@ class VQLinear(nn.Module):
             y = reference.vq_linear(x, self.unpacked_codes(), self.codebooks, self.scales, lay.tile_rows, lay.tile_groups)
         elif self.cpu_cache and x.device.type == "cpu" and not torch.compiler.is_compiling():
             # eager CPU: the cached plan (index + float32 codebooks, checked once) runs the product
-            plan, codes, codebooks, scales = self._cpu_plan, self.codes, self.codebooks, self.scales
-            if (plan is None or codes._version != self._cpu_codes_version
-                    or not plan.built_from(self._cpu_index, codebooks, scales)):
-                self.prepare_cpu()  # first call, or the codes / codebooks / scales were replaced or edited
+            # (plain attributes only: a buffer read through Module.__getattr__ costs ~1 us)
+            plan = self._cpu_plan
+            if plan is None or plan.codes_changed():
+                self.prepare_cpu()  # first call, or the codes were replaced or edited in place
                 plan = self._cpu_plan
-            if x.dim() < 1 or x.shape[-1] != lay.in_features or x.numel() == 0:
+            if x.dim() == 2:
+                y = plan(x)  # checks x
+            elif x.dim() < 1 or x.shape[-1] != lay.in_features or x.numel() == 0:
                 check_input(x, lay)  # a wrong width must not be folded by the reshape
                 y = x.new_zeros(*x.shape[:-1], lay.out_features)
             else:
@@ -307,9 +308,13 @@ class VQLinear(nn.Module):
         forward; call it yourself before ``torch.compile`` so the compiled graph uses it."""
         if self.codes.device.type != "cpu":
             raise ValueError(f"prepare_cpu needs the layer on the CPU, it is on {self.codes.device}")
-        self._cpu_codes_version = self.codes._version
         self._cpu_index = cpu.prepare(self.codes, self.layout)
-        self._cpu_plan = cpu.Plan(self._cpu_index, self.codebooks, self.scales, self.layout)
+        self._cpu_plan = cpu.Plan(self._cpu_index, self.codebooks, self.scales, self.layout, codes=self.codes)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("codes", "codebooks", "scales") and self.__dict__.get("_cpu_plan") is not None:
+            self.__dict__["_cpu_plan"] = None  # a replaced tensor: rebuild the CPU plan on the next call
+        super().__setattr__(name, value)
 
     def _apply(self, fn, recurse=True):  # .to(device) / .half(): drop the derived index
         self._cpu_index, self._cpu_plan = None, None
