@@ -61,9 +61,11 @@ log = logging.getLogger(__name__)
 
 #: largest batch served by the LUT path; the gather reads B contiguous floats per code
 GEMV_MAX_BATCH = 8
-#: largest batch served by the 4-bit in-register table kernel; one thread, 2 bits/weight (d=2, K=16):
-#: 1.0-1.1x a dense sgemm at B = 128, below dequantize + sgemm beyond (bench/lut_cpu.py --batches)
-LUT16_MAX_BATCH = 128
+#: largest batch served by the 4-bit in-register kernel; above it the codes decode to W^T blocks
+#: for sgemm. One thread, d=2, K=16, kernel / decode+sgemm as a fraction of dense fp32 speed at
+#: 576x576, 1536x576, 4096x4096: B=64 0.74/0.72, 0.84/0.82, 0.94/0.89; B=128 0.74/0.82,
+#: 0.78/0.96, 0.80/0.93 (2026-11-27, one-off sweep; bench/lut_cpu.py --layouts 1x4d2 --batches 64,128)
+LUT16_MAX_BATCH = 64
 #: bytes of B = 1 lookup table per work item of the C++ kernel (B > 1: times the vector width).
 #: Sweep at 4096x4096 2x8 (row-major index, warm caches), one thread, CPU time, dense fp32
 #: 5.76 / 18.70 ms at B = 1 / 8 — B=1: 32K 6.66, 128K 3.24, 256K 2.83, 512K 2.93, 1M 3.46 ms;
