@@ -2,7 +2,8 @@
 
 Grey 8x8 patches of offline natural images (scikit-image / scikit-learn); training and held-out
 patches come from disjoint parts (top 75 % / bottom 25 %) of every image. The autoencoder (64 -> 256 -> d -> 256 -> 64, GELU) is the
-same for every run; only the bottleneck changes; same steps, batch, Adam learning rate and seed.
+same for every run; only the bottleneck changes; same steps, batch, Adam learning-rate schedule
+(linear warmup, then cosine decay to 0 by default), training data and seed.
 Reported per (K, method): held-out MSE, held-out used fraction and usage perplexity (held-out set
 >= 10 K vectors so every code can be hit), steps/s and its ratio to vector-quantize-pytorch's
 VectorQuantize at the same K, peak RSS growth (CPU) or peak CUDA memory. Baseline: post-hoc
@@ -10,6 +11,7 @@ faiss k-means with K centroids on d-dim PCA features of the training patches.
 
     python bench/tokenizer_layers.py                       # K = 1024, 8192, 65536 (defaults)
     python bench/tokenizer_layers.py --ks 1024 --steps 100 # quick
+    python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
 
 Last line: one JSON object with every figure.
 """
@@ -23,6 +25,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +38,7 @@ from vq_tokenizers.data import builtin_images, image_patches
 log = logging.getLogger("bench.tokenizer_layers")
 
 FSQ_LEVELS = {1024: [8, 8, 4, 4], 8192: [8, 8, 8, 4, 4], 65536: [8, 8, 8, 8, 4, 4]}
+SCHEDULES = ("cosine", "constant")
 METHODS = ("ours_vq", "ours_vq_rotation", "ours_simvq", "ours_fsq", "ours_rvq2",
            "vqp_vq", "vqp_simvq", "vqp_fsq", "vqp_rvq2")  # fmt: skip
 
@@ -51,38 +55,67 @@ class Experiment:
     heldout_factor: int = 10
     kmeans_niter: int = 10
     baseline_points_per_code: int = 8
+    schedule: str = "cosine"
+    warmup_frac: float = 0.05
+    train_stride: int = 2
+    flip: bool = False
+    refine_iters: int = 0
+    vq_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
         bad = set(self.methods) - set(METHODS)
         if bad:
             raise ValueError(f"unknown methods {sorted(bad)}; known: {METHODS}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if self.steps < 1 or self.train_stride < 1:
+            raise ValueError(f"steps and train_stride must be >= 1, got {self.steps}, {self.train_stride}")
         for k in self.ks:
             if k not in FSQ_LEVELS:
                 raise ValueError(f"K must be one of {sorted(FSQ_LEVELS)}, got {k}")
 
 
-def split_patches(p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Training patches from the top 75 % of every image (stride 2), held-out pool from the
-    bottom 25 % (stride 1): disjoint pixels, same distribution. Values centred: [-0.5, 0.5]."""
+def split_patches(p: int, stride: int = 2, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training patches from the top 75 % of every image (``stride``; ``flip`` adds the mirror
+    image of every training patch), held-out pool from the bottom 25 % (stride 1, never
+    flipped): disjoint pixels, same distribution. Values centred: [-0.5, 0.5]. (n, p * p) each."""
     train, held = [], []
     for im in builtin_images().values():
         cut = int(im.shape[0] * 0.75)
-        train.append(image_patches([im[:cut]], p, 2))
+        train.append(image_patches([im[:cut]], p, stride))
         held.append(image_patches([im[cut:]], p, 1))
-    return torch.cat(train) - 0.5, torch.cat(held) - 0.5
+    train_t = torch.cat(train) - 0.5  # (n_train, p * p)
+    if flip:  # left-right mirror: rearrange '(n) (r c) -> (n) (r c_reversed)'
+        train_t = torch.cat([train_t, train_t.view(-1, p, p).flip(-1).reshape(-1, p * p)])
+    return train_t, torch.cat(held) - 0.5
+
+
+def lr_factor(step: int, exp: Experiment) -> float:
+    """Multiplier of ``exp.lr`` at ``step`` (0-based): linear warmup over ``warmup_frac`` of the
+    steps, then constant or cosine decay to 0 at the last step."""
+    warm = int(exp.warmup_frac * exp.steps)
+    if step < warm:
+        return (step + 1) / warm
+    if exp.schedule == "constant":
+        return 1.0
+    t = (step - warm) / max(1, exp.steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class Bottleneck(nn.Module):
     """Adapts either library's layer to (quantized, codes (n, m), aux loss)."""
 
-    def __init__(self, kind: str, k: int, d: int):
+    def __init__(self, kind: str, k: int, d: int, vq_options: dict[str, Any] | None = None):
         super().__init__()
         self.kind = kind
+        opts = vq_options or {}  # side runs: VQConfig overrides of ours_vq / ours_vq_rotation
         if kind == "ours_vq":
-            self.q = VectorQuantizer(d, k)
+            self.q = VectorQuantizer(d, k, **opts)
         elif kind == "ours_vq_rotation":
-            self.q = VectorQuantizer(d, k, update="gradient", gradient="rotation")
+            self.q = VectorQuantizer(d, k, **{"update": "gradient", "gradient": "rotation", **opts})
         elif kind == "ours_simvq":
             self.q = SimVQ(d, k)
         elif kind == "ours_fsq":
@@ -146,16 +179,20 @@ def _reset_peak() -> float:
     return _rss_mb("VmRSS")
 
 
-def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str) -> dict:
+def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str) -> list[dict]:
+    """Train one bottleneck; one row, plus a ``<kind>+refine`` row (same training, then
+    ``refine_codebook`` on the encodings of every training patch) when ``exp.refine_iters``."""
     torch.manual_seed(exp.seed)
     enc, dec = make_ae(exp.dim, exp.patch)
-    bott = Bottleneck(kind, k, exp.dim)
+    bott = Bottleneck(kind, k, exp.dim, dict(exp.vq_options))
     model = nn.ModuleList([enc, bott, dec]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=exp.lr)
     gen = torch.Generator().manual_seed(exp.seed + 1)
     base = _reset_peak()
     times = []
-    for _ in range(exp.steps):
+    for step in range(exp.steps):
+        for group in opt.param_groups:
+            group["lr"] = exp.lr * lr_factor(step, exp)
         x = train[torch.randint(train.shape[0], (exp.batch,), generator=gen)].to(device)
         t0 = time.perf_counter()
         q, _, aux = bott(enc(x))
@@ -171,6 +208,21 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
     step_s = float(np.median(times))
     peak = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else _rss_mb("VmHWM") - base
     model.eval()
+    row = {"K": k, "method": kind, **evaluate(enc, bott, dec, held, k, device),
+           "steps_per_s": 1.0 / step_s, "train_s": float(np.sum(times)), "peak_mem_mb": peak}  # fmt: skip
+    if not (exp.refine_iters and kind in ("ours_vq", "ours_vq_rotation")):
+        return [row]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z = torch.cat([enc(train[s : s + 65536].to(device)) for s in range(0, train.shape[0], 65536)])
+    hist = bott.q.refine_codebook(z, exp.refine_iters)  # latent MSE before / after each iteration
+    refined = {**row, "method": f"{kind}+refine", **evaluate(enc, bott, dec, held, k, device),
+               "refine_s": time.perf_counter() - t0, "refine_latent_mse": [hist[0], hist[-1]]}  # fmt: skip
+    return [row, refined]
+
+
+def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor, k: int, device: str) -> dict:
+    """Held-out MSE (per pixel), min-over-levels used fraction and usage perplexity."""
     err, codes = 0.0, []
     with torch.no_grad():
         for s in range(0, held.shape[0], 8192):
@@ -182,11 +234,8 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
     m = codes.shape[1]
     used = [used_fraction(codes[:, j], k) for j in range(m)]
     ppl = [usage_perplexity(codes[:, j], k) for j in range(m)]
-    return {
-        "K": k, "method": kind, "levels": m, "heldout_mse": err / held.numel(),
-        "heldout_used_fraction": min(used), "heldout_perplexity": min(ppl),
-        "steps_per_s": 1.0 / step_s, "train_s": float(np.sum(times)), "peak_mem_mb": peak,
-    }  # fmt: skip
+    return {"levels": m, "heldout_mse": err / held.numel(), "heldout_used_fraction": min(used),
+            "heldout_perplexity": min(ppl)}  # fmt: skip
 
 
 def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor) -> dict:
@@ -216,6 +265,15 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     }  # fmt: skip
 
 
+def _parse_option(text: str) -> tuple[str, Any]:
+    """``name=json`` -> (name, value); a value that is not JSON stays a string."""
+    name, _, raw = text.partition("=")
+    try:
+        return name, json.loads(raw)
+    except json.JSONDecodeError:
+        return name, raw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=list(Experiment.ks))
@@ -223,18 +281,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=Experiment.steps)
     ap.add_argument("--batch", type=int, default=Experiment.batch)
     ap.add_argument("--dim", type=int, default=Experiment.dim)
+    ap.add_argument("--lr", type=float, default=Experiment.lr, help="peak Adam learning rate (every method)")
     ap.add_argument("--kmeans-niter", type=int, default=Experiment.kmeans_niter)
     ap.add_argument("--baseline-points-per-code", type=int, default=Experiment.baseline_points_per_code)
+    ap.add_argument("--schedule", choices=SCHEDULES, default=Experiment.schedule)
+    ap.add_argument("--warmup-frac", type=float, default=Experiment.warmup_frac)
+    ap.add_argument("--train-stride", type=int, default=Experiment.train_stride)
+    ap.add_argument("--flip", action="store_true", help="add mirrored training patches (training side only)")
+    ap.add_argument("--vq-option", action="append", default=[], metavar="NAME=JSON",
+                    help="VQConfig override for ours_vq / ours_vq_rotation (side runs), e.g. decay=0.99")
+    ap.add_argument("--refine-iters", type=int, default=Experiment.refine_iters,
+                    help="after training: Lloyd iterations of ours_vq's codebook on the training encodings")
+    ap.add_argument("--seed", type=int, default=Experiment.seed)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on a shared machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch,
+    exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch, lr=args.lr,
                      dim=args.dim, kmeans_niter=args.kmeans_niter,
-                     baseline_points_per_code=args.baseline_points_per_code)  # fmt: skip
+                     baseline_points_per_code=args.baseline_points_per_code, schedule=args.schedule,
+                     warmup_frac=args.warmup_frac, train_stride=args.train_stride, flip=args.flip,
+                     refine_iters=args.refine_iters,
+                     vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train, pool = split_patches(exp.patch)
+    train, pool = split_patches(exp.patch, exp.train_stride, exp.flip)
     log.info("training patches %d, held-out pool %d", train.shape[0], pool.shape[0])
     rows = []
     for k in exp.ks:
@@ -246,8 +317,9 @@ def main() -> None:
             rows.append(faiss_pca_kmeans(exp, k, train, held))
             log.info("%s", rows[-1])
         for kind in exp.methods:
-            rows.append(run_one(exp, kind, k, train, held, device))
-            log.info("%s", rows[-1])
+            for row in run_one(exp, kind, k, train, held, device):
+                rows.append(row)
+                log.info("%s", row)
         ref = next((r["steps_per_s"] for r in rows if r["K"] == k and r["method"] == "vqp_vq"), None)
         for r in rows:
             if r["K"] == k and "steps_per_s" in r and ref:

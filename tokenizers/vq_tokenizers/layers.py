@@ -166,9 +166,15 @@ class VQConfig:
         update: ``"ema"`` (codebook = EMA of assigned vectors) or ``"gradient"`` (codebook is an
             ``nn.Parameter`` trained by the codebook loss).
         gradient: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
-        decay: EMA decay of the codebook statistics (0.98: a window of ~50 steps, so codewords
-            follow an encoder that is still moving; 0.99 measured worse on the patch bench at
-            every K, see docs/results.md).
+        decay: smallest EMA decay per step of the codebook statistics (0.98: a window of ~50
+            steps, so codewords follow an encoder that is still moving; 0.99 measured worse on
+            the patch bench at K = 1024, see docs/results.md).
+        code_window: the EMA also spans at least this many vectors per code on average: the
+            decay of a step with n vectors (all ranks) is ``max(decay, 1 - n / (code_window * K))``.
+            With 1024 vectors a step that is 0.98 at K = 1024, 0.995 at K = 8192 and 0.9994 at
+            K = 65536; a fixed 0.98 would make a large codebook's codewords the mean of < 1
+            recent vector each (noise), which lowered held-out usage on the patch bench
+            (docs/results.md). ``None``: the fixed ``decay``.
         commitment_weight, codebook_weight: loss weights (``loss = cw * commit + cbw * codebook``).
         init: ``"kmeans"`` — k-means on a buffer of ``init_vectors`` encoder outputs collected
             over several batches (at most ``init_max_batches`` once K vectors are buffered;
@@ -204,6 +210,7 @@ class VQConfig:
     update: str = "ema"
     gradient: str = "ste"
     decay: float = 0.98
+    code_window: float | None = 25.0
     commitment_weight: float = 0.25
     codebook_weight: float = 1.0
     init: str = "kmeans"
@@ -232,6 +239,8 @@ class VQConfig:
             raise ValueError(f"gradient must be one of {_GRADIENTS}, got {self.gradient!r}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
+        if self.code_window is not None and not self.code_window > 0:
+            raise ValueError(f"code_window must be > 0 or None, got {self.code_window}")
         for name in ("commitment_weight", "codebook_weight", "reseed_threshold", "reseed_threshold_unproven"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -353,6 +362,49 @@ class VectorQuantizer(nn.Module):
             out = self.project_out(F.embedding(flat, self.effective_codebook()))
         return out.reshape(*codes.shape, self.dim)
 
+    @torch.no_grad()
+    def refine_codebook(self, x: Tensor, iters: int = 10) -> list[float]:
+        """Lloyd iterations of the codebook on inputs ``x`` (..., dim) of the trained model (e.g.
+        encoder outputs of the training set, model frozen), starting from the current codewords.
+
+        Each iteration assigns every vector to its nearest code and moves each code that got
+        vectors to their mean (codes without vectors stay), so the mean squared quantization
+        error on ``x`` never increases. The EMA statistics are reset to the new codewords, so
+        training can go on from them. With ``torch.distributed`` initialised, every rank passes
+        its own shard and the sums are all-reduced (collective: call it on every rank).
+
+        Returns the mean squared error per vector (summed over the c codebook coordinates)
+        before each iteration and after the last: ``iters + 1`` floats, non-increasing.
+        """
+        if isinstance(self, SimVQ):
+            raise TypeError("SimVQ's codebook is basis @ W; refine_codebook needs free codewords")
+        require_int("iters", iters, 0)
+        x = _check_input(x, self.dim)
+        cfg, k = self.config, self.codebook_size
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = self._project(x.reshape(-1, self.dim).float())  # (n, c)
+            n = _all_reduce_sum(torch.tensor(float(z.shape[0]), device=z.device))
+            history = []
+            for it in range(iters + 1):
+                cb = self.effective_codebook().detach()  # (k, c)
+                codes, dist = assign(z, cb, chunk_bytes=cfg.chunk_bytes)  # (n,), (n,)
+                err = _all_reduce_sum(dist.sum(dtype=torch.float64).reshape(1))
+                history.append(float(err / n))
+                if it == iters:
+                    break
+                sums = torch.zeros(k, z.shape[1], device=z.device).index_add_(0, codes, z)  # (k, c)
+                counts = torch.bincount(codes, minlength=k).float()  # (k,)
+                packed = _all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + c)
+                counts, sums = packed[:, 0], packed[:, 1:]
+                hit = counts > 0
+                new = cb.clone()
+                new[hit] = sums[hit] / counts[hit, None]
+                self._set_codebook(new)
+        if cfg.update == "ema":
+            self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+        log.info("refined %d codes on %d vectors: mse %.4g -> %.4g", k, int(n), history[0], history[-1])
+        return history
+
     # -- training-time state updates -----------------------------------------------------------
     @torch.no_grad()
     def _maybe_init(self, z: Tensor) -> None:
@@ -441,8 +493,9 @@ class VectorQuantizer(nn.Module):
             sums = torch.zeros(k, c, device=z.device).index_add_(0, codes, z)  # (k, c)
             packed = _all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + c)
             counts, sums = packed[:, 0], packed[:, 1:]
-            self.ema_count.mul_(cfg.decay).add_(counts, alpha=1 - cfg.decay)
-            self.ema_sum.mul_(cfg.decay).add_(sums, alpha=1 - cfg.decay)
+            decay = self.ema_decay(float(counts.sum()))
+            self.ema_count.mul_(decay).add_(counts, alpha=1 - decay)
+            self.ema_sum.mul_(decay).add_(sums, alpha=1 - decay)
             total = self.ema_count.sum()
             smoothed = (self.ema_count + 1e-5) / (total + k * 1e-5) * total  # Laplace smoothing
             self._set_codebook(self.ema_sum / smoothed[:, None])
@@ -455,6 +508,14 @@ class VectorQuantizer(nn.Module):
         self.proven |= counts > 0  # all-reduced counts: identical on every rank
         if cfg.reseed and int(self.steps) % cfg.reseed_every == 0:
             self._reseed(counts, n_global)
+
+    def ema_decay(self, n: float) -> float:
+        """EMA decay of a training step with ``n`` vectors (all ranks): ``decay``, or longer so
+        the EMA spans ``code_window`` vectors per code on average."""
+        cfg = self.config
+        if cfg.code_window is None:
+            return cfg.decay
+        return max(cfg.decay, 1.0 - n / (cfg.code_window * self.codebook_size))
 
     def _reseed(self, counts: Tensor, n_global: Tensor) -> None:
         k = self.codebook_size
