@@ -9,8 +9,14 @@ Reported per (K, method): held-out MSE, held-out used fraction and usage perplex
 VectorQuantize at the same K, peak RSS growth (CPU) or peak CUDA memory. Baseline: post-hoc
 faiss k-means with K centroids on d-dim PCA features of the training patches.
 
-    python bench/tokenizer_layers.py                       # K = 1024, 8192, 65536 (defaults)
+    python bench/tokenizer_layers.py --ks 1024 8192 --methods ours_vq vqp_vq   # 3000 steps
+    python bench/tokenizer_layers.py --ks 65536 --steps 6000 --methods ours_vq  # peer cannot run
     python bench/tokenizer_layers.py --ks 1024 --steps 100 # quick
+
+Every method at 3000 steps is slow for some peers (vector-quantize-pytorch's SimVQ at K = 8192
+runs ~0.2 steps/s on one CPU thread): pick ``--methods``. ``ours_vq`` / ``ours_vq_rotation``
+also get a ``+refine`` row: the same trained model after ``refine_codebook`` (Lloyd iterations
+on the encodings of every training patch), a post-hoc step like the k-means baseline's.
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
 
 Last line: one JSON object with every figure.
@@ -48,7 +54,7 @@ class Experiment:
     ks: tuple[int, ...] = (1024, 8192, 65536)
     methods: tuple[str, ...] = METHODS
     dim: int = 16
-    steps: int = 300
+    steps: int = 3000
     batch: int = 1024
     lr: float = 2e-3
     patch: int = 8
@@ -59,7 +65,7 @@ class Experiment:
     warmup_frac: float = 0.05
     train_stride: int = 2
     flip: bool = False
-    refine_iters: int = 0
+    refine_iters: int = 5
     vq_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
