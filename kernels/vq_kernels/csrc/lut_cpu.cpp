@@ -355,23 +355,30 @@ inline void lut16_tables(const float* x, const float* cbT, float* T, int64_t b0,
 // the codebook registers are used directly: per slot, one vpermps per coordinate turns the 16
 // rows' codes into their weights w[16 rows, e], and an FMA with the broadcast x[b, g*D + e] adds
 // them into batch row b. Chains as in lut16_chunk.
-template <int D, int NB, int NC, int H>
-inline void direct_slot(__m512 (&a)[NB][NC], __m512i ix, const float* c, const float* x, int64_t in) {
+template <int D, int NB, int R, int NC, int H>
+inline void direct_slot(__m512 (&a)[R][NB][NC], const __m512i (&ix)[R], const float* c, const float* x, int64_t in) {
   for (int e = 0; e < D; ++e) {
-    const __m512 w = _mm512_permutexvar_ps(ix, _mm512_loadu_ps(c + e * 16));
-    for (int b = 0; b < NB; ++b)
-      a[b][(H * D + e) % NC] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[b * in + e]), a[b][(H * D + e) % NC]);
+    const __m512 cb = _mm512_loadu_ps(c + e * 16);
+    __m512 w[R];
+    for (int r = 0; r < R; ++r) w[r] = _mm512_permutexvar_ps(ix[r], cb);
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xv = _mm512_set1_ps(x[b * in + e]);  // one broadcast feeds the R row blocks
+      for (int r = 0; r < R; ++r) a[r][b][(H * D + e) % NC] = _mm512_fmadd_ps(w[r], xv, a[r][b][(H * D + e) % NC]);
+    }
   }
 }
 
-// One row block (rows r0 .. r0 + 15), batch rows [b0, b0 + NB), codebooks cbT (C_t, M, D, 16).
-template <int D, int NB>
-void lut16_direct(const float* x, const uint8_t* ip, const float* cbT, const float* scales, float* y, int64_t b0,
-                  int64_t out, int64_t in, int64_t J, int64_t M, int64_t tile_groups, int64_t r0) {
-  constexpr int NC = NB == 1 ? (2 * D < 8 ? 2 * D : 8) : NB == 2 ? 4 : 2;
-  __m512 a[NB][NC];
-  for (int b = 0; b < NB; ++b)
-    for (int c = 0; c < NC; ++c) a[b][c] = _mm512_setzero_ps();
+// R row blocks (rows r0 .. r0 + 16R - 1, codes `stride` bytes apart), batch rows [b0, b0 + NB),
+// codebooks cbT (C_t, M, D, 16). Two blocks share each broadcast of x: at B = 8 the loop is then
+// bound by the FMAs rather than by loads.
+template <int D, int NB, int R>
+void lut16_direct(const float* x, const uint8_t* ip, int64_t stride, const float* cbT, const float* scales, float* y,
+                  int64_t b0, int64_t out, int64_t in, int64_t J, int64_t M, int64_t tile_groups, int64_t r0) {
+  constexpr int NC = R == 1 ? (NB == 1 ? (2 * D < 8 ? 2 * D : 8) : NB == 2 ? 4 : 2) : (NB == 1 ? D : NB == 2 ? 2 : 1);
+  __m512 a[R][NB][NC];
+  for (int r = 0; r < R; ++r)
+    for (int b = 0; b < NB; ++b)
+      for (int c = 0; c < NC; ++c) a[r][b][c] = _mm512_setzero_ps();
   const float* xb = x + b0 * in;
   int64_t g = 0, m = 0, gt = 0;
   const float* c = cbT;  // (M, D, 16) of the current column tile
@@ -385,22 +392,28 @@ void lut16_direct(const float* x, const uint8_t* ip, const float* cbT, const flo
       }
     }
   };
+  __m512i lo[R], hi[R];
   for (int64_t j = 0; j < J; j += 2) {
-    const __m512i lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ip + j * 8)));
-    direct_slot<D, NB, NC, 0>(a, lo, c + m * D * 16, xb + g * D, in);
+    for (int r = 0; r < R; ++r) {
+      lo[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ip + r * stride + j * 8)));
+      hi[r] = _mm512_srli_epi32(lo[r], 4);
+    }
+    direct_slot<D, NB, R, NC, 0>(a, lo, c + m * D * 16, xb + g * D, in);
     next();
     if (j + 1 < J) {
-      direct_slot<D, NB, NC, 1>(a, _mm512_srli_epi32(lo, 4), c + m * D * 16, xb + g * D, in);
+      direct_slot<D, NB, R, NC, 1>(a, hi, c + m * D * 16, xb + g * D, in);
       next();
     }
   }
-  const int64_t n = out - r0 < 16 ? out - r0 : 16;
-  const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
-  const __m512 s = _mm512_maskz_loadu_ps(mask, scales + r0);
-  for (int b = 0; b < NB; ++b) {
-    __m512 t = a[b][0];
-    for (int k = 1; k < NC; ++k) t = _mm512_add_ps(t, a[b][k]);
-    _mm512_mask_storeu_ps(y + (b0 + b) * out + r0, mask, _mm512_mul_ps(t, s));
+  for (int r = 0; r < R; ++r) {
+    const int64_t rr = r0 + 16 * r, n = out - rr < 16 ? out - rr : 16;
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __m512 s = _mm512_maskz_loadu_ps(mask, scales + rr);
+    for (int b = 0; b < NB; ++b) {
+      __m512 t = a[r][b][0];
+      for (int k = 1; k < NC; ++k) t = _mm512_add_ps(t, a[r][b][k]);
+      _mm512_mask_storeu_ps(y + (b0 + b) * out + rr, mask, _mm512_mul_ps(t, s));
+    }
   }
 }
 
@@ -463,19 +476,30 @@ void lut16_linear(const float* x, const uint8_t* idx, const float* cb, const flo
 #undef VQ_ROWS
           continue;
         }
-        for (int64_t rb = rb0; rb < rb1; ++rb) {
-          const uint8_t* ip = idx + rb * ((J + 1) / 2) * 16;
-#define VQ_ROWS(NB) lut16_direct<D, NB>(x, ip, cbT.data(), scales, y, b0, out, in, J, M, tile_groups, rb * 16)
-          switch (nb) {
-            case 1: VQ_ROWS(1); break;
-            case 2: VQ_ROWS(2); break;
-            case 3: VQ_ROWS(3); break;
-            case 4: VQ_ROWS(4); break;
-            case 5: VQ_ROWS(5); break;
-            case 6: VQ_ROWS(6); break;
-            case 7: VQ_ROWS(7); break;
-            default: VQ_ROWS(8); break;
+        const int64_t stride = (J + 1) / 2 * 16;
+        for (int64_t rb = rb0; rb < rb1;) {
+          const uint8_t* ip = idx + rb * stride;
+#define VQ_ROWS(NB, R) \
+  lut16_direct<D, NB, R>(x, ip, stride, cbT.data(), scales, y, b0, out, in, J, M, tile_groups, rb * 16)
+#define VQ_ROWS_R(R)            \
+  switch (nb) {                 \
+    case 1: VQ_ROWS(1, R); break; \
+    case 2: VQ_ROWS(2, R); break; \
+    case 3: VQ_ROWS(3, R); break; \
+    case 4: VQ_ROWS(4, R); break; \
+    case 5: VQ_ROWS(5, R); break; \
+    case 6: VQ_ROWS(6, R); break; \
+    case 7: VQ_ROWS(7, R); break; \
+    default: VQ_ROWS(8, R); break; \
+  }
+          if (rb + 1 < rb1) {
+            VQ_ROWS_R(2)
+            rb += 2;
+          } else {
+            VQ_ROWS_R(1)
+            rb += 1;
           }
+#undef VQ_ROWS_R
 #undef VQ_ROWS
         }
       }
