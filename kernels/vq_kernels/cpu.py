@@ -17,11 +17,15 @@ sum), correct but about 30x slower (docs/results.md, ``bench/lut_cpu.py --torch-
 Other cases dequantize ``ROW_CHUNK`` rows at a time into one reused buffer that stays in cache
 and multiply it with ``x`` (MKL sgemm), so the dense weight is never materialised in full.
 
-Codebooks of at most 16 entries (``K <= 16``, d in {1, 2, 4, 8}, e.g. the 2-bit layout d=2,
-K=16) take a third kernel that needs no tables at all: the index keeps 4 bits per code, 16 output
-rows side by side (:func:`index_format` ``"u4"``), and per code slot one AVX-512 ``vpermps`` per
-coordinate looks the 16 rows' weights up in the codebook held in a register, then FMAs them with
-the broadcast input. It serves every batch size (batch tiles of 8 over the same codes in L1).
+Codebooks of at most 16 entries (``K <= 16``, d in {1, 2, 4, 8}, row tiles of whole 16-row
+blocks; e.g. the 2-bit layout d=2, K=16) take a third kernel (:func:`index_format` ``"u4"``,
+AVX-512): the index keeps 4 bits per code, 16 output rows side by side, and a 16-entry fp32 table
+or codebook coordinate is one register, so ``vpermps`` with the 16 rows' codes as indices does 16
+lookups at once. With few batch rows the tables ``x . codeword`` are shared by the row blocks of a
+codebook tile (one vpermps + add per code slot and 16 rows); otherwise the codebook registers give
+the 16 rows' weights directly and FMAs with the broadcast input accumulate them. Up to
+``LUT16_MAX_BATCH`` rows (batch tiles of 8 over the same codes in L1); beyond, the codes decode
+bit-exactly into ``W^T`` blocks for sgemm. :class:`Plan` holds what does not depend on ``x``.
 
 Memory trade (``K > 16``): the kernels read the codes unpacked, one index per (row, group, codebook):
 :func:`prepare` builds that uint8 / int16 tensor once (chunk-major, see there) and
