@@ -255,6 +255,7 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
     basis = vt[: exp.dim].T.astype(np.float32)  # (p*p, d)
     feats = np.ascontiguousarray((sample - mean) @ basis)
+    faiss.omp_set_num_threads(torch.get_num_threads())  # --threads caps faiss too
     km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=exp.baseline_points_per_code)
     t0 = time.perf_counter()
     km.train(feats)
@@ -300,7 +301,7 @@ def main() -> None:
                     help="after training: Lloyd iterations of ours_vq's codebook on the training encodings")
     ap.add_argument("--seed", type=int, default=Experiment.seed)
     ap.add_argument("--no-baseline", action="store_true")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: least noisy on a shared machine)")
+    ap.add_argument("--threads", type=int, default=1, help="torch and faiss CPU threads (1: least noisy on a shared machine)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch, lr=args.lr,
