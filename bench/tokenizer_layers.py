@@ -284,7 +284,7 @@ def _parse_option(text: str) -> tuple[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ks", type=int, nargs="+", default=list(Experiment.ks))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), help="none: the baseline only")
     ap.add_argument("--steps", type=int, default=Experiment.steps)
     ap.add_argument("--batch", type=int, default=Experiment.batch)
     ap.add_argument("--dim", type=int, default=Experiment.dim)
