@@ -397,6 +397,9 @@ class Plan:
         self.layout, self.index, self.fmt = layout, index, index_format(layout)
         self._src = (codebooks, scales)
         self._codes, self._codes_version = codes, (None if codes is None else codes._version)
+        self._dims = (ctypes.c_int64 * 9)(layout.out_features, layout.in_features, layout.n_groups, layout.M,
+                                          layout.K, layout.d, layout.tile_rows, layout.tile_groups,
+                                          layout.group_tiles)
         self._convert()
 
     def codes_changed(self) -> bool:
@@ -407,9 +410,6 @@ class Plan:
         codebooks, scales = self._src
         self._versions = (codebooks._version, scales._version)
         self._cb, self._sc = _f32_codebooks(codebooks, scales)
-        lay = self.layout
-        self._dims = (ctypes.c_int64 * 9)(lay.out_features, lay.in_features, lay.n_groups, lay.M, lay.K, lay.d,
-                                          lay.tile_rows, lay.tile_groups, lay.group_tiles)
 
     def __call__(self, x: Tensor) -> Tensor:
         """x (B, in) float on the CPU -> (B, out) in x's dtype."""

@@ -185,26 +185,15 @@ def vq_linear(
 
     ``index`` (CPU only) is a prepared unpacked index (see :func:`vq_kernels.cpu.prepare`).
     """
-    if (
-        index is not None
-        and isinstance(x, Tensor)
-        and x.device.type == "cpu"
-        and x.dim() >= 1
-        and x.shape[-1] == layout.in_features  # before the reshape: a wrong width must not be folded
-        and x.numel()
-        and not torch.compiler.is_compiling()
-    ):
-        # eager calls skip the custom-op dispatcher (~70 us per call measured at 1536x576); the
-        # CPU launcher checks every other input itself
-        y = cpu.linear(x.reshape(-1, layout.in_features), index, codebooks, scales, layout)  # (B, out)
-        return y.reshape(*x.shape[:-1], layout.out_features)
     check_input(x, layout, codebooks.device)
     x2 = x.reshape(-1, layout.in_features)  # (B, in)
     args: Any = _args(layout)
     if x2.shape[0] == 0:
         y = x2.new_zeros(0, layout.out_features)
     elif x2.device.type == "cpu" and index is not None:
-        if torch.compiler.is_compiling():  # the op keeps the C++ call opaque to the tracer
+        # eager calls skip the custom-op dispatcher (~70 us per call measured at 1536x576);
+        # under torch.compile the op keeps the C++ call opaque to the tracer
+        if torch.compiler.is_compiling():
             y = cpu_linear(x2, index, codebooks, scales, *args)
         else:
             y = cpu.linear(x2, index, codebooks, scales, layout)

@@ -273,6 +273,29 @@ void dequantize_dispatch(MakeReader make_reader, const float* cb, const float* s
 // batch row b, one vpermps with the 16 rows' codes as indices looks the 16 rows' products up in
 // T[j, b] and one add accumulates them. Tables are built per row tile for a chunk of JC slots
 // (<= 32 KiB, so they stay in L1 while every row block of the tile streams its 4-bit codes).
+// Walks the code slots j = g*M + m of a row in order, keeping the group g, the codebook m and the
+// codebooks (M, D, 16) of g's column tile in a row tile's transposed codebooks cbT (C_t, M, D, 16)
+// up to date without a division per slot.
+struct SlotCursor {
+  int64_t g, m, gt;  // group, codebook, group within its column tile
+  const float* tile;
+  int64_t M, tile_groups, book;  // book = D * 16 floats per codebook
+  SlotCursor(const float* cbT, int64_t j, int64_t M_, int64_t tile_groups_, int64_t D)
+      : g(j / M_), m(j % M_), gt(g % tile_groups_), tile(cbT + (g / tile_groups_) * M_ * D * 16), M(M_),
+        tile_groups(tile_groups_), book(D * 16) {}
+  const float* codebook() const { return tile + m * book; }  // (D, 16) of slot (g, m)
+  void next() {
+    if (++m == M) {
+      m = 0;
+      ++g;
+      if (++gt == tile_groups) {
+        gt = 0;
+        tile += M * book;
+      }
+    }
+  }
+};
+
 // cbT (C_t, M, D, 16) <- the row tile's codebooks cbr (C_t, M, K, D), coordinate-major, zero past K
 template <int D>
 inline void transpose_tile(float* cbT, const float* cbr, int64_t C_t, int64_t M, int64_t K) {
@@ -324,8 +347,7 @@ inline void lut16_chunk(const uint8_t* ip, const float* T, int64_t npairs, float
 template <int D, int NB>
 inline void lut16_tables(const float* x, const float* cbT, float* T, int64_t b0, int64_t in, int64_t j0,
                          int64_t n, int64_t J, int64_t M, int64_t tile_groups) {
-  int64_t g = j0 / M, m = j0 % M, gt = g % tile_groups;  // slot j0 + jj = g*M + m; group g = ct*tg + gt
-  const float* c = cbT + (g / tile_groups) * M * D * 16;  // (M, D, 16) of the current column tile
+  SlotCursor s(cbT, j0, M, tile_groups, D);
   for (int64_t jj = 0; jj < n; ++jj) {
     float* t = T + jj * NB * 16;
     if (j0 + jj >= J) {
@@ -333,21 +355,14 @@ inline void lut16_tables(const float* x, const float* cbT, float* T, int64_t b0,
       continue;
     }
     __m512 cr[D];
-    for (int e = 0; e < D; ++e) cr[e] = _mm512_loadu_ps(c + (m * D + e) * 16);
+    for (int e = 0; e < D; ++e) cr[e] = _mm512_loadu_ps(s.codebook() + e * 16);
     for (int b = 0; b < NB; ++b) {
-      const float* xg = x + (b0 + b) * in + g * D;
+      const float* xg = x + (b0 + b) * in + s.g * D;
       __m512 v = _mm512_mul_ps(cr[0], _mm512_set1_ps(xg[0]));
       for (int e = 1; e < D; ++e) v = _mm512_fmadd_ps(cr[e], _mm512_set1_ps(xg[e]), v);
       _mm512_storeu_ps(t + b * 16, v);
     }
-    if (++m == M) {
-      m = 0;
-      ++g;
-      if (++gt == tile_groups) {
-        gt = 0;
-        c += M * D * 16;
-      }
-    }
+    s.next();
   }
 }
 
@@ -380,29 +395,18 @@ void lut16_direct(const float* x, const uint8_t* ip, int64_t stride, const float
     for (int b = 0; b < NB; ++b)
       for (int c = 0; c < NC; ++c) a[r][b][c] = _mm512_setzero_ps();
   const float* xb = x + b0 * in;
-  int64_t g = 0, m = 0, gt = 0;
-  const float* c = cbT;  // (M, D, 16) of the current column tile
-  auto next = [&]() {
-    if (++m == M) {
-      m = 0;
-      ++g;
-      if (++gt == tile_groups) {
-        gt = 0;
-        c += M * D * 16;
-      }
-    }
-  };
+  SlotCursor s(cbT, 0, M, tile_groups, D);
   __m512i lo[R], hi[R];
   for (int64_t j = 0; j < J; j += 2) {
     for (int r = 0; r < R; ++r) {
       lo[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ip + r * stride + j * 8)));
       hi[r] = _mm512_srli_epi32(lo[r], 4);
     }
-    direct_slot<D, NB, R, NC, 0>(a, lo, c + m * D * 16, xb + g * D, in);
-    next();
+    direct_slot<D, NB, R, NC, 0>(a, lo, s.codebook(), xb + s.g * D, in);
+    s.next();
     if (j + 1 < J) {
-      direct_slot<D, NB, R, NC, 1>(a, hi, c + m * D * 16, xb + g * D, in);
-      next();
+      direct_slot<D, NB, R, NC, 1>(a, hi, s.codebook(), xb + s.g * D, in);
+      s.next();
     }
   }
   for (int r = 0; r < R; ++r) {
@@ -533,24 +537,17 @@ void dequantize_u4t(const uint8_t* idx, const float* cb, const float* scales, fl
       const uint8_t* ip = idx + rb * stride;
       float* col = wt + (rb - rb0) * 16;
       __m512 acc[D];
-      int64_t g = 0, m = 0, gt = 0;
-      const float* c = cbT.data();  // codebooks of (column tile, m): advances by D * 16 per slot
+      SlotCursor slot(cbT.data(), 0, M, tile_groups, D);
       for (int64_t j = 0; j < J; ++j) {
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ip + (j >> 1) * 16)));
         if (j & 1) v = _mm512_srli_epi32(v, 4);
         for (int e = 0; e < D; ++e) {
-          const __m512 w = _mm512_permutexvar_ps(v, _mm512_loadu_ps(c + (m * D + e) * 16));
-          acc[e] = m == 0 ? w : _mm512_add_ps(acc[e], w);
+          const __m512 w = _mm512_permutexvar_ps(v, _mm512_loadu_ps(slot.codebook() + e * 16));
+          acc[e] = slot.m == 0 ? w : _mm512_add_ps(acc[e], w);
         }
-        if (++m == M) {
-          for (int e = 0; e < D; ++e) _mm512_storeu_ps(col + (g * D + e) * n_cols, _mm512_mul_ps(acc[e], s));
-          m = 0;
-          ++g;
-          if (++gt == tile_groups) {  // next column tile
-            gt = 0;
-            c += M * D * 16;
-          }
-        }
+        if (slot.m == M - 1)  // last codebook of group g: the weight is complete
+          for (int e = 0; e < D; ++e) _mm512_storeu_ps(col + (slot.g * D + e) * n_cols, _mm512_mul_ps(acc[e], s));
+        slot.next();
       }
     }
   }
