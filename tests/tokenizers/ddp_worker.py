@@ -4,7 +4,8 @@ Each rank trains a tiny autoencoder whose bottleneck holds an EMA VectorQuantize
 init over 3 batches, re-seeding every 2 steps), a gradient-mode one and a ResidualVQ, on its own
 data, under DDP with ``broadcast_buffers=False`` (so only the layers' own synchronisation can
 keep the codebooks equal). Midway, rank 0 alone runs an eval forward and a ``no_grad``
-training-mode forward; a hang there would time the test out. Codebooks go to OUT_DIR.
+training-mode forward; a hang there would time the test out. At the end every rank refines the
+EMA codebook on its own shard (``refine_codebook`` with splitting). Codebooks go to OUT_DIR.
 """
 import os
 import sys
@@ -58,6 +59,9 @@ def worker(rank: int, out_dir: str) -> None:
             model(torch.randn(64, 8))
     for _ in range(6):
         step()
+    with torch.no_grad():  # post-training refinement on each rank's own shard, with splitting
+        z = model.module.enc(torch.randn(256, 8, generator=g) + shift)
+    model.module.vq_ema.refine_codebook(z, iters=4, min_count=3)
     state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
     dist.destroy_process_group()

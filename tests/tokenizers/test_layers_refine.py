@@ -45,6 +45,41 @@ def test_refine_resets_ema_statistics_to_the_new_codewords():
     assert torch.allclose(vq.ema_sum / vq.ema_count[:, None], refined, atol=1e-5)
 
 
+def _outlier_start(vq: VectorQuantizer, g: torch.Generator) -> torch.Tensor:
+    """32 tight clusters of 100 points + 16 far outliers; the codebook starts on the 16
+    outliers and 16 of the 32 cluster centres (Lloyd alone never leaves that trap)."""
+    centers = 4 * torch.randn(32, 8, generator=g)
+    outliers = 40 + torch.randn(16, 8, generator=g)
+    x = torch.cat([centers.repeat_interleave(100, 0) + 0.1 * torch.randn(3200, 8, generator=g), outliers])
+    vq.codebook.data.copy_(torch.cat([outliers, centers[:16]]))
+    return x  # (3216, 8)
+
+
+def test_refine_splitting_frees_codes_stuck_on_outliers():
+    g = torch.Generator().manual_seed(0)
+    plain, split = VectorQuantizer(8, 32), VectorQuantizer(8, 32)
+    x = _outlier_start(plain, g)
+    split.codebook.data.copy_(plain.codebook)
+    h_plain = plain.refine_codebook(x, iters=9)
+    h_split = split.refine_codebook(x, iters=9, min_count=3)
+    assert h_split[-1] < 0.5 * h_plain[-1]  # splitting beats Lloyd from the same start (measured 0.33x)
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(h_split[-4:], h_split[-3:]))  # last 3 plain Lloyd
+    counts = torch.bincount(split.encode(x), minlength=32)
+    assert int((counts == 1).sum()) < 16  # codes left the single outliers
+    out = split(x)
+    assert torch.equal(split.decode(out.codes), out.quantized)
+
+
+def test_refine_splitting_without_small_cells_is_plain_lloyd():
+    x = _clusters(4000)
+    a, b = VectorQuantizer(8, 32, init="data"), VectorQuantizer(8, 32, init="data")
+    a(x[:256])
+    b.load_state_dict(a.state_dict())
+    b.initialized.fill_(True)
+    assert a.refine_codebook(x, iters=4) == b.refine_codebook(x, iters=4, min_count=1)
+    assert torch.equal(a.codebook, b.codebook)
+
+
 def test_refine_rejects_simvq_and_bad_arguments():
     with pytest.raises(TypeError, match="SimVQ"):
         SimVQ(8, 16).refine_codebook(torch.randn(10, 8))
@@ -53,3 +88,6 @@ def test_refine_rejects_simvq_and_bad_arguments():
         vq.refine_codebook(torch.randn(10, 8), iters=-1)
     with pytest.raises(ValueError, match="last dimension"):
         vq.refine_codebook(torch.randn(10, 9))
+    for bad in (-1.0, float("nan"), "3"):
+        with pytest.raises(ValueError, match="min_count"):
+            vq.refine_codebook(torch.randn(10, 8), min_count=bad)

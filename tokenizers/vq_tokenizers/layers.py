@@ -363,7 +363,7 @@ class VectorQuantizer(nn.Module):
         return out.reshape(*codes.shape, self.dim)
 
     @torch.no_grad()
-    def refine_codebook(self, x: Tensor, iters: int = 10) -> list[float]:
+    def refine_codebook(self, x: Tensor, iters: int = 10, min_count: float = 0.0) -> list[float]:
         """Lloyd iterations of the codebook on inputs ``x`` (..., dim) of the trained model (e.g.
         encoder outputs of the training set, model frozen), starting from the current codewords.
 
@@ -373,18 +373,29 @@ class VectorQuantizer(nn.Module):
         training can go on from them. With ``torch.distributed`` initialised, every rank passes
         its own shard and the sums are all-reduced (collective: call it on every rank).
 
+        ``min_count`` > 0 (ELBG-style splitting, Patane & Russo 2001): in all iterations but the
+        last ``max(1, ceil(iters / 3))``, every code that got fewer than ``min_count`` vectors (a
+        codeword resting on a few outliers, which new data rarely hits) is moved into one of the
+        cells with the largest total error, half that cell's rms radius from its mean in a random
+        direction, so the next assignment splits the cell. Those iterations may raise the error;
+        the last ones are plain Lloyd.
+
         Returns the mean squared error per vector (summed over the c codebook coordinates)
-        before each iteration and after the last: ``iters + 1`` floats, non-increasing.
+        before each iteration and after the last: ``iters + 1`` floats (non-increasing when
+        ``min_count`` is 0, and over the last ``max(1, ceil(iters / 3)) + 1`` otherwise).
         """
         if isinstance(self, SimVQ):
             raise TypeError("SimVQ's codebook is basis @ W; refine_codebook needs free codewords")
         require_int("iters", iters, 0)
+        if not (isinstance(min_count, (int, float)) and math.isfinite(min_count) and min_count >= 0):
+            raise ValueError(f"min_count must be a finite number >= 0, got {min_count!r}")
         x = _check_input(x, self.dim)
         cfg, k = self.config, self.codebook_size
+        split_iters = iters - max(1, -(-iters // 3)) if min_count > 0 else 0  # settle: ceil(iters / 3)
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = self._project(x.reshape(-1, self.dim).float())  # (n, c)
             n = _all_reduce_sum(torch.tensor(float(z.shape[0]), device=z.device))
-            history = []
+            history, n_split = [], 0
             for it in range(iters + 1):
                 cb = self.effective_codebook().detach()  # (k, c)
                 codes, dist = assign(z, cb, chunk_bytes=cfg.chunk_bytes)  # (n,), (n,)
@@ -394,16 +405,37 @@ class VectorQuantizer(nn.Module):
                     break
                 sums = torch.zeros(k, z.shape[1], device=z.device).index_add_(0, codes, z)  # (k, c)
                 counts = torch.bincount(codes, minlength=k).float()  # (k,)
-                packed = _all_reduce_sum(torch.cat([counts[:, None], sums], dim=1))  # (k, 1 + c)
-                counts, sums = packed[:, 0], packed[:, 1:]
+                cell_err = torch.zeros(k, device=z.device).index_add_(0, codes, dist.float())  # (k,)
+                packed = _all_reduce_sum(torch.cat([counts[:, None], cell_err[:, None], sums], dim=1))
+                counts, cell_err, sums = packed[:, 0], packed[:, 1], packed[:, 2:]  # (k,), (k,), (k, c)
                 hit = counts > 0
                 new = cb.clone()
                 new[hit] = sums[hit] / counts[hit, None]
+                if it < split_iters:
+                    n_split += self._split_cells(new, counts, cell_err, min_count)
                 self._set_codebook(new)
         if cfg.update == "ema":
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
-        log.info("refined %d codes on %d vectors: mse %.4g -> %.4g", k, int(n), history[0], history[-1])
+        log.info("refined %d codes on %d vectors (%d codes moved by splitting): mse %.4g -> %.4g",
+                 k, int(n), n_split, history[0], history[-1])  # fmt: skip
         return history
+
+    def _split_cells(self, cb: Tensor, counts: Tensor, cell_err: Tensor, min_count: float) -> int:
+        """Move codes with < ``min_count`` vectors next to the means of the cells with the largest
+        total error (in place on ``cb`` (k, c)); returns how many moved. Directions come from
+        rank 0, so every rank moves the same codes the same way."""
+        small = counts < min_count  # (k,)
+        m = min(int(small.sum()), int((~small).sum()))  # each moved code needs its own cell
+        if m == 0:
+            return 0
+        moved = torch.nonzero(small)[:m, 0]  # (m,)
+        score = torch.where(small, torch.full_like(cell_err, -1.0), cell_err)
+        targets = torch.topk(score, m).indices  # (m,) the worst cells that keep their code
+        radius = (cell_err[targets] / counts[targets]).sqrt()[:, None]  # (m, 1) rms distance
+        u = F.normalize(torch.randn(m, cb.shape[1], generator=self._gen), dim=-1).to(cb.device)
+        u = _broadcast(u.contiguous())  # (m, c)
+        cb[moved] = cb[targets] + 0.5 * radius * u
+        return m
 
     # -- training-time state updates -----------------------------------------------------------
     @torch.no_grad()
