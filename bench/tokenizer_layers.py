@@ -17,8 +17,9 @@ faiss k-means with K centroids on d-dim PCA features of the training patches.
 Every method at 3000 steps is slow for some peers (vector-quantize-pytorch's SimVQ at K = 8192
 runs ~0.2 steps/s on one CPU thread): pick ``--methods``. ``ours_vq`` / ``ours_vq_rotation``
 also get a ``+refine`` row: the same trained model after ``refine_codebook`` (8 Lloyd iterations
-on the encodings of every training patch; the first 5 also move codes that got < 3 vectors into
-the cells with the largest error), a post-hoc step like the k-means baseline's.
+on the encodings of every training-band patch at ``--fit-stride`` 1, i.e. every position; the
+first 5 also move codes that got < 3 vectors into the cells with the largest error), a post-hoc
+step like the k-means baseline's, which samples its points from the same stride-1 set.
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
 
 Last line: one JSON object with every figure.
@@ -66,6 +67,7 @@ class Experiment:
     schedule: str = "cosine"
     warmup_frac: float = 0.05
     train_stride: int = 2
+    fit_stride: int = 1
     flip: bool = False
     refine_iters: int = 8
     refine_min_count: float = 3.0
@@ -80,8 +82,9 @@ class Experiment:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if self.steps < 1 or self.train_stride < 1:
-            raise ValueError(f"steps and train_stride must be >= 1, got {self.steps}, {self.train_stride}")
+        if self.steps < 1 or self.train_stride < 1 or self.fit_stride < 1:
+            raise ValueError(f"steps, train_stride and fit_stride must be >= 1, got {self.steps}, "
+                             f"{self.train_stride}, {self.fit_stride}")
         for k in self.ks:
             if k not in FSQ_LEVELS:
                 raise ValueError(f"K must be one of {sorted(FSQ_LEVELS)}, got {k}")
@@ -194,9 +197,10 @@ def _reset_peak() -> float:
     return _rss_mb("VmRSS")
 
 
-def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str) -> list[dict]:
-    """Train one bottleneck; one row, plus a ``<kind>+refine`` row (same training, then
-    ``refine_codebook`` on the encodings of every training patch) when ``exp.refine_iters``."""
+def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str,
+            fit: torch.Tensor | None = None) -> list[dict]:
+    """Train one bottleneck on ``train``; one row, plus a ``<kind>+refine`` row (same training, then
+    ``refine_codebook`` on the encodings of every ``fit`` patch, default ``train``) when ``exp.refine_iters``."""
     torch.manual_seed(exp.seed)
     enc, dec = make_ae(exp.dim, exp.patch)
     bott = Bottleneck(kind, k, exp.dim, dict(exp.vq_options))
@@ -229,7 +233,8 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
         return [row]
     t0 = time.perf_counter()
     with torch.no_grad():
-        z = torch.cat([enc(train[s : s + 65536].to(device)) for s in range(0, train.shape[0], 65536)])
+        fit = train if fit is None else fit
+        z = torch.cat([enc(fit[s : s + 65536].to(device)) for s in range(0, fit.shape[0], 65536)])
     hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_min_count)  # latent MSE before / after each iteration
     refined = {**row, "method": f"{kind}+refine", **evaluate(enc, bott, dec, held, k, device),
                "refine_s": time.perf_counter() - t0, "refine_latent_mse": [hist[0], hist[-1]]}  # fmt: skip
@@ -254,7 +259,8 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
 
 
 def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor) -> dict:
-    """Post-hoc baseline: PCA to ``dim`` on training patches, faiss k-means (K) in that space."""
+    """Post-hoc baseline: PCA to ``dim`` on ``train`` (the bench passes the post-hoc fit set),
+    faiss k-means (K) in that space on ``baseline_points_per_code`` x K of them."""
     import faiss
 
     gen = torch.Generator().manual_seed(exp.seed)
@@ -303,6 +309,8 @@ def main() -> None:
     ap.add_argument("--schedule", choices=SCHEDULES, default=Experiment.schedule)
     ap.add_argument("--warmup-frac", type=float, default=Experiment.warmup_frac)
     ap.add_argument("--train-stride", type=int, default=Experiment.train_stride)
+    ap.add_argument("--fit-stride", type=int, default=Experiment.fit_stride,
+                    help="stride of the training-band patches the post-hoc fits use (baseline k-means, refinement)")
     ap.add_argument("--flip", action="store_true", help="add mirrored training patches (training side only)")
     ap.add_argument("--vq-option", action="append", default=[], metavar="NAME=JSON",
                     help="VQConfig override for ours_vq / ours_vq_rotation (side runs), e.g. decay=0.99")
@@ -318,13 +326,14 @@ def main() -> None:
     exp = Experiment(ks=tuple(args.ks), methods=tuple(args.methods), steps=args.steps, batch=args.batch, lr=args.lr,
                      dim=args.dim, kmeans_niter=args.kmeans_niter,
                      baseline_points_per_code=args.baseline_points_per_code, schedule=args.schedule,
-                     warmup_frac=args.warmup_frac, train_stride=args.train_stride, flip=args.flip,
+                     warmup_frac=args.warmup_frac, train_stride=args.train_stride, fit_stride=args.fit_stride, flip=args.flip,
                      refine_iters=args.refine_iters, refine_min_count=args.refine_min_count,
                      vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train, pool = split_patches(exp.patch, exp.train_stride, exp.flip)
-    log.info("training patches %d, held-out pool %d", train.shape[0], pool.shape[0])
+    fit = train if exp.fit_stride == exp.train_stride else split_patches(exp.patch, exp.fit_stride, exp.flip)[0]
+    log.info("training patches %d, post-hoc fit patches %d, held-out pool %d", train.shape[0], fit.shape[0], pool.shape[0])
     rows = []
     for k in exp.ks:
         n_held = exp.heldout_factor * k
@@ -332,10 +341,10 @@ def main() -> None:
             raise ValueError(f"held-out pool has {pool.shape[0]} patches, need {n_held} for K={k}")
         held = pool[torch.randperm(pool.shape[0], generator=torch.Generator().manual_seed(7))[:n_held]]
         if not args.no_baseline:
-            rows.append(faiss_pca_kmeans(exp, k, train, held))
+            rows.append(faiss_pca_kmeans(exp, k, fit, held))
             log.info("%s", rows[-1])
         for kind in exp.methods:
-            for row in run_one(exp, kind, k, train, held, device):
+            for row in run_one(exp, kind, k, train, held, device, fit):
                 rows.append(row)
                 log.info("%s", row)
         ref = next((r["steps_per_s"] for r in rows if r["K"] == k and r["method"] == "vqp_vq"), None)
