@@ -63,7 +63,7 @@ class Experiment:
     patch: int = 8
     heldout_factor: int = 10
     kmeans_niter: int = 10
-    baseline_points_per_code: int = 8
+    baseline_points_per_code: int | None = None  # None: every fit point
     schedule: str = "cosine"
     warmup_frac: float = 0.05
     train_stride: int = 2
@@ -260,18 +260,20 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
 
 def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor) -> dict:
     """Post-hoc baseline: PCA to ``dim`` on ``train`` (the bench passes the post-hoc fit set),
-    faiss k-means (K) in that space on ``baseline_points_per_code`` x K of them."""
+    faiss k-means (K) in that space on all of them, or on ``baseline_points_per_code`` x K (faiss's
+    own cap, ``max_points_per_centroid``, is set to match, so nothing is silently subsampled)."""
     import faiss
 
     gen = torch.Generator().manual_seed(exp.seed)
-    n_fit = max(exp.baseline_points_per_code * k, 100_000)
+    ppc = exp.baseline_points_per_code
+    n_fit = train.shape[0] if ppc is None else min(train.shape[0], ppc * k)
     sample = train[torch.randperm(train.shape[0], generator=gen)[:n_fit]].numpy()
     mean = sample.mean(0)
     _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
     basis = vt[: exp.dim].T.astype(np.float32)  # (p*p, d)
     feats = np.ascontiguousarray((sample - mean) @ basis)
     faiss.omp_set_num_threads(torch.get_num_threads())  # --threads caps faiss too
-    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=exp.baseline_points_per_code)
+    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=-(-n_fit // k))
     t0 = time.perf_counter()
     km.train(feats)
     secs = time.perf_counter() - t0
@@ -305,7 +307,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=Experiment.dim)
     ap.add_argument("--lr", type=float, default=Experiment.lr, help="peak Adam learning rate (every method)")
     ap.add_argument("--kmeans-niter", type=int, default=Experiment.kmeans_niter)
-    ap.add_argument("--baseline-points-per-code", type=int, default=Experiment.baseline_points_per_code)
+    ap.add_argument("--baseline-points-per-code", type=int, default=Experiment.baseline_points_per_code,
+                    help="baseline k-means on this many points per centroid (default: every fit point)")
     ap.add_argument("--schedule", choices=SCHEDULES, default=Experiment.schedule)
     ap.add_argument("--warmup-frac", type=float, default=Experiment.warmup_frac)
     ap.add_argument("--train-stride", type=int, default=Experiment.train_stride)
