@@ -90,25 +90,36 @@ class Experiment:
                 raise ValueError(f"K must be one of {sorted(FSQ_LEVELS)}, got {k}")
 
 
-def split_patches(p: int, stride: int = 2, flip: bool = False, band: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def split_patches(p: int, stride: int = 2, flip: bool = False, band: int = 32,
+                  fit_stride: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every image cut into horizontal bands of ``band`` rows; of every 4 bands the first 3 give
     training patches (``stride``; ``flip`` adds the mirror image of every training patch), the
     4th the held-out pool (stride 1, never flipped). Each patch lies inside one group of bands:
     disjoint pixels, and both sides sample the whole height of every image, so they share one
     distribution (a top 75 % / bottom 25 % split did not: sky, page margins and the moon's black
-    sky sit at the top; see docs/results.md). Values centred: [-0.5, 0.5]. (n, p * p) each."""
-    train, held = [], []
+    sky sit at the top; see docs/results.md). ``fit_stride``: the post-hoc fit set, the same
+    training bands at that stride (default: the training set itself).
+    Returns (train, fit, held), values centred: [-0.5, 0.5], (n, p * p) each."""
+    fit_stride = stride if fit_stride is None else fit_stride
+    train, fit, held = [], [], []
     for im in builtin_images().values():
         for start in range(0, im.shape[0], 4 * band):
             cut, end = min(start + 3 * band, im.shape[0]), min(start + 4 * band, im.shape[0])
             if cut - start >= p:
                 train.append(image_patches([im[start:cut]], p, stride))
+                if fit_stride != stride:
+                    fit.append(image_patches([im[start:cut]], p, fit_stride))
             if end - cut >= p:
                 held.append(image_patches([im[cut:end]], p, 1))
-    train_t = torch.cat(train) - 0.5  # (n_train, p * p)
-    if flip:  # left-right mirror: rearrange '(n) (r c) -> (n) (r c_reversed)'
-        train_t = torch.cat([train_t, train_t.view(-1, p, p).flip(-1).reshape(-1, p * p)])
-    return train_t, torch.cat(held) - 0.5
+
+    def centred(parts: list[torch.Tensor]) -> torch.Tensor:
+        t = torch.cat(parts) - 0.5  # (n, p * p)
+        if flip:  # left-right mirror: rearrange '(n) (r c) -> (n) (r c_reversed)'
+            t = torch.cat([t, t.view(-1, p, p).flip(-1).reshape(-1, p * p)])
+        return t
+
+    train_t = centred(train)
+    return train_t, (centred(fit) if fit else train_t), torch.cat(held) - 0.5
 
 
 def lr_factor(step: int, exp: Experiment) -> float:
@@ -334,8 +345,7 @@ def main() -> None:
                      vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    train, pool = split_patches(exp.patch, exp.train_stride, exp.flip)
-    fit = train if exp.fit_stride == exp.train_stride else split_patches(exp.patch, exp.fit_stride, exp.flip)[0]
+    train, fit, pool = split_patches(exp.patch, exp.train_stride, exp.flip, fit_stride=exp.fit_stride)
     log.info("training patches %d, post-hoc fit patches %d, held-out pool %d", train.shape[0], fit.shape[0], pool.shape[0])
     rows = []
     for k in exp.ks:
