@@ -5,7 +5,7 @@ init over 3 batches, re-seeding every 2 steps), a gradient-mode one and a Residu
 data, under DDP with ``broadcast_buffers=False`` (so only the layers' own synchronisation can
 keep the codebooks equal). Midway, rank 0 alone runs an eval forward and a ``no_grad``
 training-mode forward; a hang there would time the test out. At the end every rank refines the
-EMA codebook on its own shard (``refine_codebook`` with splitting). Codebooks go to OUT_DIR.
+EMA codebook on its own shard (``refine_codebook`` with ELBG moves). Codebooks go to OUT_DIR.
 """
 import os
 import sys
@@ -59,9 +59,9 @@ def worker(rank: int, out_dir: str) -> None:
             model(torch.randn(64, 8))
     for _ in range(6):
         step()
-    with torch.no_grad():  # post-training refinement on each rank's own shard, with splitting
+    with torch.no_grad():  # post-training refinement on each rank's own shard, with ELBG moves
         z = model.module.enc(torch.randn(256, 8, generator=g) + shift)
-    model.module.vq_ema.refine_codebook(z, iters=4, min_count=3)
+    model.module.vq_ema.refine_codebook(z, iters=4, split=0.25)
     state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
     dist.destroy_process_group()

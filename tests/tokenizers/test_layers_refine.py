@@ -55,28 +55,58 @@ def _outlier_start(vq: VectorQuantizer, g: torch.Generator) -> torch.Tensor:
     return x  # (3216, 8)
 
 
-def test_refine_splitting_frees_codes_stuck_on_outliers():
+def test_refine_elbg_moves_free_codes_stuck_on_outliers():
     g = torch.Generator().manual_seed(0)
-    plain, split = VectorQuantizer(8, 32), VectorQuantizer(8, 32)
+    plain, moved = VectorQuantizer(8, 32), VectorQuantizer(8, 32)
     x = _outlier_start(plain, g)
-    split.codebook.data.copy_(plain.codebook)
+    moved.codebook.data.copy_(plain.codebook)
     h_plain = plain.refine_codebook(x, iters=9)
-    h_split = split.refine_codebook(x, iters=9, min_count=3)
-    assert h_split[-1] < 0.5 * h_plain[-1]  # splitting beats Lloyd from the same start (measured 0.33x)
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(h_split[-4:], h_split[-3:]))  # last 3 plain Lloyd
-    counts = torch.bincount(split.encode(x), minlength=32)
+    h_moved = moved.refine_codebook(x, iters=9, split=0.25)
+    assert h_moved[-1] < 0.5 * h_plain[-1]  # ELBG beats Lloyd from the same start
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(h_moved[-4:], h_moved[-3:]))  # last 3 plain Lloyd
+    counts = torch.bincount(moved.encode(x), minlength=32)
     assert int((counts == 1).sum()) < 16  # codes left the single outliers
-    out = split(x)
-    assert torch.equal(split.decode(out.codes), out.quantized)
+    out = moved(x)
+    assert torch.equal(moved.decode(out.codes), out.quantized)
 
 
-def test_refine_splitting_without_small_cells_is_plain_lloyd():
+def test_refine_elbg_beats_lloyd_on_the_brute_force_optimum_gap():
+    """Gaussian blobs of unequal size, codebook started on data points: ELBG ends closer to the
+    best of many k-means restarts (a float64 brute-force oracle) than plain Lloyd."""
+    g = torch.Generator().manual_seed(1)
+    centers = 6 * torch.randn(24, 4, generator=g)
+    sizes = torch.randint(20, 400, (24,), generator=g)
+    x = torch.cat([c + torch.randn(int(s), 4, generator=g) for c, s in zip(centers, sizes)])  # (n, 4)
+    start = x[torch.randperm(x.shape[0], generator=g)[:24]]
+    plain, moved = VectorQuantizer(4, 24), VectorQuantizer(4, 24)
+    plain.codebook.data.copy_(start)
+    moved.codebook.data.copy_(start)
+    e_plain = plain.refine_codebook(x, iters=30)[-1]
+    e_moved = moved.refine_codebook(x, iters=30, split=0.2)[-1]
+    assert e_moved < 0.9 * e_plain
+    best = min(_lloyd64(x.double(), x[torch.randperm(x.shape[0], generator=g)[:24]].double()) for _ in range(20))
+    assert e_moved < 1.05 * best  # within 5 % of the best of 20 restarts
+
+
+def _lloyd64(x: torch.Tensor, c: torch.Tensor, iters: int = 50) -> float:
+    for _ in range(iters):
+        a = torch.cdist(x, c).argmin(1)
+        for j in range(c.shape[0]):
+            if (a == j).any():
+                c[j] = x[a == j].mean(0)
+    return float(torch.cdist(x, c).min(1).values.square().mean())
+
+
+def test_refine_elbg_makes_no_move_at_the_optimum():
+    """Codewords on the centres of well-separated tight clusters: removing any code costs more
+    than splitting any cell saves, so ELBG leaves the codebook as plain Lloyd does."""
     x = _clusters(4000)
-    a, b = VectorQuantizer(8, 32, init="data"), VectorQuantizer(8, 32, init="data")
-    a(x[:256])
-    b.load_state_dict(a.state_dict())
-    b.initialized.fill_(True)
-    assert a.refine_codebook(x, iters=4) == b.refine_codebook(x, iters=4, min_count=1)
+    g = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(32, 8, generator=g)  # the same centres _clusters(seed=0) draws
+    a, b = VectorQuantizer(8, 32), VectorQuantizer(8, 32)
+    a.codebook.data.copy_(centers)
+    b.codebook.data.copy_(centers)
+    assert a.refine_codebook(x, iters=4) == b.refine_codebook(x, iters=4, split=0.5)
     assert torch.equal(a.codebook, b.codebook)
 
 
@@ -88,6 +118,6 @@ def test_refine_rejects_simvq_and_bad_arguments():
         vq.refine_codebook(torch.randn(10, 8), iters=-1)
     with pytest.raises(ValueError, match="last dimension"):
         vq.refine_codebook(torch.randn(10, 9))
-    for bad in (-1.0, float("nan"), "3"):
-        with pytest.raises(ValueError, match="min_count"):
-            vq.refine_codebook(torch.randn(10, 8), min_count=bad)
+    for bad in (-0.1, 0.6, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="split"):
+            vq.refine_codebook(torch.randn(10, 8), split=bad)

@@ -363,7 +363,7 @@ class VectorQuantizer(nn.Module):
         return out.reshape(*codes.shape, self.dim)
 
     @torch.no_grad()
-    def refine_codebook(self, x: Tensor, iters: int = 10, min_count: float = 0.0) -> list[float]:
+    def refine_codebook(self, x: Tensor, iters: int = 10, split: float = 0.0) -> list[float]:
         """Lloyd iterations of the codebook on inputs ``x`` (..., dim) of the trained model (e.g.
         encoder outputs of the training set, model frozen), starting from the current codewords.
 
@@ -373,29 +373,33 @@ class VectorQuantizer(nn.Module):
         training can go on from them. With ``torch.distributed`` initialised, every rank passes
         its own shard and the sums are all-reduced (collective: call it on every rank).
 
-        ``min_count`` > 0 (ELBG-style splitting, Patane & Russo 2001): in all iterations but the
-        last ``max(1, ceil(iters / 3))``, every code that got fewer than ``min_count`` vectors (a
-        codeword resting on a few outliers, which new data rarely hits) is moved into one of the
-        cells with the largest total error, half that cell's rms radius from its mean in a random
-        direction, so the next assignment splits the cell. Those iterations may raise the error;
-        the last ones are plain Lloyd.
+        ``split`` > 0 (ELBG-style moves, Patane & Russo 2001): in all iterations but the last
+        ``max(1, ceil(iters / 3))``, the ``ceil(split * K)`` codes with the least total error are
+        candidates to move. A candidate's cost is what its vectors would add at their
+        second-nearest code; a target cell's gain is what cutting it in two across its principal
+        axis saves (``count * var * 2 / pi`` for a Gaussian cell). The cheapest candidates pair
+        with the cells of largest gain, and a pair moves when cost < gain: the candidate and the
+        cell's own code go to the means of the two halves (``mean +- sqrt(2 var / pi) * axis``).
+        Codes resting on a few outliers cost almost nothing and move first; Lloyd alone never
+        frees them. Those iterations may raise the error; the last ones are plain Lloyd.
+        Deterministic, and identical on every rank (no random numbers).
 
         Returns the mean squared error per vector (summed over the c codebook coordinates)
         before each iteration and after the last: ``iters + 1`` floats (non-increasing when
-        ``min_count`` is 0, and over the last ``max(1, ceil(iters / 3)) + 1`` otherwise).
+        ``split`` is 0, and over the last ``max(1, ceil(iters / 3)) + 1`` otherwise).
         """
         if isinstance(self, SimVQ):
             raise TypeError("SimVQ's codebook is basis @ W; refine_codebook needs free codewords")
         require_int("iters", iters, 0)
-        if not (isinstance(min_count, (int, float)) and math.isfinite(min_count) and min_count >= 0):
-            raise ValueError(f"min_count must be a finite number >= 0, got {min_count!r}")
+        if not (isinstance(split, (int, float)) and math.isfinite(split) and 0.0 <= split <= 0.5):
+            raise ValueError(f"split must be a fraction of the codes in [0, 0.5], got {split!r}")
         x = _check_input(x, self.dim)
         cfg, k = self.config, self.codebook_size
-        split_iters = iters - max(1, -(-iters // 3)) if min_count > 0 else 0  # settle: ceil(iters / 3)
+        split_iters = iters - max(1, -(-iters // 3)) if split > 0 else 0  # settle: ceil(iters / 3)
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = self._project(x.reshape(-1, self.dim).float())  # (n, c)
             n = _all_reduce_sum(torch.tensor(float(z.shape[0]), device=z.device))
-            history, n_split = [], 0
+            history, n_moved = [], 0
             for it in range(iters + 1):
                 cb = self.effective_codebook().detach()  # (k, c)
                 codes, dist = assign(z, cb, chunk_bytes=cfg.chunk_bytes)  # (n,), (n,)
@@ -412,30 +416,58 @@ class VectorQuantizer(nn.Module):
                 new = cb.clone()
                 new[hit] = sums[hit] / counts[hit, None]
                 if it < split_iters:
-                    n_split += self._split_cells(new, counts, cell_err, min_count)
+                    n_moved += self._elbg_moves(z, codes, dist, cb, new, counts, cell_err, split)
                 self._set_codebook(new)
         if cfg.update == "ema":
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
-        log.info("refined %d codes on %d vectors (%d codes moved by splitting): mse %.4g -> %.4g",
-                 k, int(n), n_split, history[0], history[-1])  # fmt: skip
+        log.info("refined %d codes on %d vectors (%d ELBG moves): mse %.4g -> %.4g",
+                 k, int(n), n_moved, history[0], history[-1])  # fmt: skip
         return history
 
-    def _split_cells(self, cb: Tensor, counts: Tensor, cell_err: Tensor, min_count: float) -> int:
-        """Move codes with < ``min_count`` vectors next to the means of the cells with the largest
-        total error (in place on ``cb`` (k, c)); returns how many moved. Directions come from
-        rank 0, so every rank moves the same codes the same way."""
-        small = counts < min_count  # (k,)
-        m = min(int(small.sum()), int((~small).sum()))  # each moved code needs its own cell
-        if m == 0:
-            return 0
-        moved = torch.nonzero(small)[:m, 0]  # (m,)
-        score = torch.where(small, torch.full_like(cell_err, -1.0), cell_err)
-        targets = torch.topk(score, m).indices  # (m,) the worst cells that keep their code
-        radius = (cell_err[targets] / counts[targets]).sqrt()[:, None]  # (m, 1) rms distance
-        u = F.normalize(torch.randn(m, cb.shape[1], generator=self._gen), dim=-1).to(cb.device)
-        u = _broadcast(u.contiguous())  # (m, c)
-        cb[moved] = cb[targets] + 0.5 * radius * u
-        return m
+    def _elbg_moves(self, z: Tensor, codes: Tensor, dist: Tensor, cb: Tensor, new: Tensor, counts: Tensor,
+                    cell_err: Tensor, split: float) -> int:
+        """One round of ELBG moves (see :meth:`refine_codebook`), in place on ``new`` (k, c), the
+        Lloyd update of ``cb``; ``codes`` / ``dist`` (n,) this rank's assignment to ``cb``,
+        ``counts`` / ``cell_err`` (k,) all-reduced. Returns how many codes moved."""
+        k, c = cb.shape
+        m = min(math.ceil(split * k), k // 2)
+        order = torch.argsort(cell_err)  # (k,) least total error first
+        cand, targets = order[:m], torch.flip(order[m:], (0,))[:m]  # (m,), (m,) disjoint
+        is_cand = torch.zeros(k, dtype=torch.bool, device=z.device)
+        is_cand[cand] = True
+        slot = torch.full((k,), -1, dtype=torch.long, device=z.device)
+        slot[targets] = torch.arange(m, device=z.device)
+        # cost: the candidates' vectors at their second-nearest code (own code masked out)
+        rows = torch.nonzero(is_cand[codes])[:, 0]
+        cost = torch.zeros(k, device=z.device)
+        step = max(1, self.config.chunk_bytes // (4 * k))
+        for s in range(0, rows.shape[0], step):
+            r = rows[s : s + step]
+            d = torch.cdist(z[r], cb).square_()  # (rows, k)
+            d[torch.arange(r.shape[0], device=z.device), codes[r]] = math.inf
+            cost.index_add_(0, codes[r], d.min(1).values - dist[r])
+        # gain: second moments of the target cells -> principal axis and variance of each
+        moments = torch.zeros(m, c * c, device=z.device)
+        rows = torch.nonzero(slot[codes] >= 0)[:, 0]
+        for s in range(0, rows.shape[0], 65536):
+            r = rows[s : s + 65536]
+            moments.index_add_(0, slot[codes[r]], (z[r, :, None] * z[r, None, :]).reshape(-1, c * c))
+        packed = _all_reduce_sum(torch.cat([cost, moments.reshape(-1)]))
+        cost, moments = packed[:k], packed[k:].reshape(m, c, c)
+        n_t = counts[targets].clamp_min(1.0)  # (m,)
+        mean_t = new[targets]  # (m, c) the cells' means after the Lloyd update
+        cov = moments / n_t[:, None, None] - mean_t[:, :, None] * mean_t[:, None, :]
+        var, axes = torch.linalg.eigh(cov)  # ascending
+        var, axis = var[:, -1].clamp_min(0.0), axes[:, :, -1]  # (m,), (m, c)
+        gain = n_t * var * (2.0 / math.pi)  # (m,)
+        by_gain = torch.argsort(gain, descending=True)
+        by_cost = cand[torch.argsort(cost[cand])]
+        ok = cost[by_cost] < gain[by_gain]  # (m,) cheapest candidate <-> largest gain, in turn
+        moved, t = by_cost[ok], by_gain[ok]
+        offset = (var[t] * (2.0 / math.pi)).sqrt()[:, None] * axis[t]  # (moves, c)
+        new[moved] = mean_t[t] + offset
+        new[targets[t]] = mean_t[t] - offset
+        return int(ok.sum())
 
     # -- training-time state updates -----------------------------------------------------------
     @torch.no_grad()
