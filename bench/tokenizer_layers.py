@@ -19,7 +19,8 @@ runs ~0.2 steps/s on one CPU thread): pick ``--methods``. ``ours_vq`` / ``ours_v
 also get a ``+refine`` row: the same trained model after ``refine_codebook`` (8 Lloyd iterations
 on the encodings of every training-band patch at ``--fit-stride`` 1, i.e. every position; the
 first 5 also make ELBG moves: up to 5 % of the codes, the ones with the least error, go to the cells
-whose split saves more than their removal costs, see ``refine_codebook(split)``), a post-hoc
+holding >= half a uniform share whose split saves more than their removal costs, see
+``refine_codebook(split, split_share)``), a post-hoc
 step like the k-means baseline's, which samples its points from the same stride-1 set.
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
 
@@ -72,6 +73,7 @@ class Experiment:
     flip: bool = False
     refine_iters: int = 8
     refine_split: float = 0.05
+    refine_split_share: float = 0.5
     vq_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
@@ -247,7 +249,7 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
     with torch.no_grad():
         fit = train if fit is None else fit
         z = torch.cat([enc(fit[s : s + 65536].to(device)) for s in range(0, fit.shape[0], 65536)])
-    hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_split)  # latent MSE before / after each iteration
+    hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_split, exp.refine_split_share)  # latent MSE before / after each iteration
     refined = {**row, "method": f"{kind}+refine", **evaluate(enc, bott, dec, held, k, device),
                "refine_s": time.perf_counter() - t0, "refine_latent_mse": [hist[0], hist[-1]]}  # fmt: skip
     return [row, refined]
@@ -333,6 +335,8 @@ def main() -> None:
                     help="after training: Lloyd iterations of ours_vq's codebook on the training encodings")
     ap.add_argument("--refine-split", type=float, default=Experiment.refine_split,
                     help="refinement's ELBG moves: fraction of the codes that may move per iteration (0: plain Lloyd)")
+    ap.add_argument("--refine-split-share", type=float, default=Experiment.refine_split_share,
+                    help="ELBG cuts only cells with at least this fraction of a uniform share of the vectors")
     ap.add_argument("--seed", type=int, default=Experiment.seed)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss CPU threads (1: least noisy on a shared machine)")
@@ -342,7 +346,7 @@ def main() -> None:
                      dim=args.dim, kmeans_niter=args.kmeans_niter,
                      baseline_points_per_code=args.baseline_points_per_code, schedule=args.schedule,
                      warmup_frac=args.warmup_frac, train_stride=args.train_stride, fit_stride=args.fit_stride, flip=args.flip,
-                     refine_iters=args.refine_iters, refine_split=args.refine_split,
+                     refine_iters=args.refine_iters, refine_split=args.refine_split, refine_split_share=args.refine_split_share,
                      vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

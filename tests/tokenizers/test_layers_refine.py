@@ -70,6 +70,24 @@ def test_refine_elbg_moves_free_codes_stuck_on_outliers():
     assert torch.equal(moved.decode(out.codes), out.quantized)
 
 
+def test_refine_split_share_leaves_small_cells_uncut():
+    """split_share above the largest cell's share (plain Lloyd keeps the cells it starts with
+    here): no cell may be cut, so the result is plain Lloyd's; at 1.5 the cells holding two or
+    more clusters (>= ~2 uniform shares) are cut: the trap still opens."""
+    g = torch.Generator().manual_seed(0)
+    plain, none, some = VectorQuantizer(8, 32), VectorQuantizer(8, 32), VectorQuantizer(8, 32)
+    x = _outlier_start(plain, g)
+    none.codebook.data.copy_(plain.codebook)
+    some.codebook.data.copy_(plain.codebook)
+    counts = torch.bincount(plain.encode(x), minlength=32).float()
+    largest = float(counts.max() / counts.mean())
+    assert largest >= 2.0
+    h_plain = plain.refine_codebook(x, iters=9)
+    assert none.refine_codebook(x, iters=9, split=0.25, split_share=1.01 * largest) == h_plain
+    assert torch.equal(none.codebook, plain.codebook)
+    assert some.refine_codebook(x, iters=9, split=0.25, split_share=1.5)[-1] < 0.5 * h_plain[-1]
+
+
 def test_refine_elbg_beats_lloyd_on_the_brute_force_optimum_gap():
     """Gaussian blobs of unequal size, codebook started on data points: ELBG ends closer to the
     best of many k-means restarts (a float64 brute-force oracle) than plain Lloyd."""
@@ -121,3 +139,6 @@ def test_refine_rejects_simvq_and_bad_arguments():
     for bad in (-0.1, 0.6, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="split"):
             vq.refine_codebook(torch.randn(10, 8), split=bad)
+    for bad in (-1.0, float("inf"), "0.5"):
+        with pytest.raises(ValueError, match="split_share"):
+            vq.refine_codebook(torch.randn(10, 8), split=0.1, split_share=bad)

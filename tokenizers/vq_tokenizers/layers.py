@@ -363,7 +363,7 @@ class VectorQuantizer(nn.Module):
         return out.reshape(*codes.shape, self.dim)
 
     @torch.no_grad()
-    def refine_codebook(self, x: Tensor, iters: int = 10, split: float = 0.0) -> list[float]:
+    def refine_codebook(self, x: Tensor, iters: int = 10, split: float = 0.0, split_share: float = 0.0) -> list[float]:
         """Lloyd iterations of the codebook on inputs ``x`` (..., dim) of the trained model (e.g.
         encoder outputs of the training set, model frozen), starting from the current codewords.
 
@@ -384,6 +384,11 @@ class VectorQuantizer(nn.Module):
         frees them. Those iterations may raise the error; the last ones are plain Lloyd.
         Deterministic, and identical on every rank (no random numbers).
 
+        ``split_share``: only cells holding at least this fraction of a uniform share (``n / K``
+        vectors) are cut. The moves lower the error most by cutting large sparse cells, whose
+        halves new data then rarely hits: on the patch bench unrestricted moves took the
+        held-out used fraction at 10 K vectors from 0.98 to 0.94 (docs/results.md).
+
         Returns the mean squared error per vector (summed over the c codebook coordinates)
         before each iteration and after the last: ``iters + 1`` floats (non-increasing when
         ``split`` is 0, and over the last ``max(1, ceil(iters / 3)) + 1`` otherwise).
@@ -393,6 +398,8 @@ class VectorQuantizer(nn.Module):
         require_int("iters", iters, 0)
         if not (isinstance(split, (int, float)) and math.isfinite(split) and 0.0 <= split <= 0.5):
             raise ValueError(f"split must be a fraction of the codes in [0, 0.5], got {split!r}")
+        if not (isinstance(split_share, (int, float)) and math.isfinite(split_share) and split_share >= 0):
+            raise ValueError(f"split_share must be a finite number >= 0, got {split_share!r}")
         x = _check_input(x, self.dim)
         cfg, k = self.config, self.codebook_size
         split_iters = iters - max(1, -(-iters // 3)) if split > 0 else 0  # settle: ceil(iters / 3)
@@ -416,7 +423,7 @@ class VectorQuantizer(nn.Module):
                 new = cb.clone()
                 new[hit] = sums[hit] / counts[hit, None]
                 if it < split_iters:
-                    n_moved += self._elbg_moves(z, codes, dist, cb, new, counts, cell_err, split)
+                    n_moved += self._elbg_moves(z, codes, dist, cb, new, counts, cell_err, split, split_share)
                 self._set_codebook(new)
         if cfg.update == "ema":
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
@@ -425,7 +432,7 @@ class VectorQuantizer(nn.Module):
         return history
 
     def _elbg_moves(self, z: Tensor, codes: Tensor, dist: Tensor, cb: Tensor, new: Tensor, counts: Tensor,
-                    cell_err: Tensor, split: float) -> int:
+                    cell_err: Tensor, split: float, split_share: float) -> int:
         """One round of ELBG moves (see :meth:`refine_codebook`), in place on ``new`` (k, c), the
         Lloyd update of ``cb``; ``codes`` / ``dist`` (n,) this rank's assignment to ``cb``,
         ``counts`` / ``cell_err`` (k,) all-reduced. Returns how many codes moved."""
@@ -460,6 +467,7 @@ class VectorQuantizer(nn.Module):
         var, axes = torch.linalg.eigh(cov)  # ascending
         var, axis = var[:, -1].clamp_min(0.0), axes[:, :, -1]  # (m,), (m, c)
         gain = n_t * var * (2.0 / math.pi)  # (m,)
+        gain[n_t < split_share * counts.sum() / k] = 0.0  # too small to cut: no move pays
         by_gain = torch.argsort(gain, descending=True)
         by_cost = cand[torch.argsort(cost[cand])]
         ok = cost[by_cost] < gain[by_gain]  # (m,) cheapest candidate <-> largest gain, in turn
