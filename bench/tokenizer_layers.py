@@ -281,6 +281,13 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
     return out
 
 
+def pca_basis(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (p*p,) and the top-``dim`` principal directions (p*p, dim) of the rows of ``x``."""
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean, vt[:dim].T.astype(np.float32)
+
+
 def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor,
                      pool: torch.Tensor | None = None) -> dict:
     """Post-hoc baseline: PCA to ``dim`` on ``train`` (the bench passes the post-hoc fit set),
@@ -292,20 +299,22 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     ppc = exp.baseline_points_per_code
     n_fit = train.shape[0] if ppc is None else min(train.shape[0], ppc * k)
     sample = train[torch.randperm(train.shape[0], generator=gen)[:n_fit]].numpy()
-    mean = sample.mean(0)
-    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
-    basis = vt[: exp.dim].T.astype(np.float32)  # (p*p, d)
+    mean, basis = pca_basis(sample, exp.dim)  # (p*p,), (p*p, d)
     feats = np.ascontiguousarray((sample - mean) @ basis)
     faiss.omp_set_num_threads(torch.get_num_threads())  # --threads caps faiss too
     km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=-(-n_fit // k))
     t0 = time.perf_counter()
     km.train(feats)
     secs = time.perf_counter() - t0
+
+    def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid of each row's PCA features, and its reconstruction (n, p*p)."""
+        _, idx = km.index.search(np.ascontiguousarray((x - mean) @ basis), 1)
+        return idx[:, 0], km.centroids[idx[:, 0]] @ basis.T + mean
+
     h = held.numpy()
-    hf = np.ascontiguousarray((h - mean) @ basis)
-    _, idx = km.index.search(hf, 1)
-    rec = km.centroids[idx[:, 0]] @ basis.T + mean
-    codes = torch.from_numpy(idx[:, 0].astype(np.int64))
+    idx, rec = quantize(h)
+    codes = torch.from_numpy(idx.astype(np.int64))
     out = {
         "K": k, "method": "faiss_pca_kmeans", "levels": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
         "heldout_used_fraction": used_fraction(codes, k), "heldout_perplexity": usage_perplexity(codes, k),
@@ -313,8 +322,7 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     }  # fmt: skip
     if pool is not None:
         p = pool.numpy()
-        _, idx = km.index.search(np.ascontiguousarray((p - mean) @ basis), 1)
-        out["pool_mse"] = float(((km.centroids[idx[:, 0]] @ basis.T + mean - p) ** 2).mean())
+        out["pool_mse"] = float(((quantize(p)[1] - p) ** 2).mean())
     return out
 
 

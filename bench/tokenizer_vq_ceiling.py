@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from tokenizer_layers import split_patches
+from tokenizer_layers import pca_basis, split_patches
 from vq_tokenizers import VectorQuantizer
 
 
@@ -64,8 +64,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     _, fit, held = split_patches(8, 2, fit_stride=1)
     f, h = fit.numpy(), held.numpy()
-    mean = f.mean(0)
-    basis = np.linalg.svd(f - mean, full_matrices=False)[2][: args.dim].T.astype(np.float32)  # (64, d)
+    mean, basis = pca_basis(f, args.dim)  # (64,), (64, d)
     ff = np.ascontiguousarray((f - mean) @ basis)
     hf = np.ascontiguousarray((h - mean) @ basis)
     res: dict = {"K": args.k, "fit_points": int(f.shape[0]), "heldout_points": int(h.shape[0])}
