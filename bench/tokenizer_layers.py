@@ -24,6 +24,7 @@ holding >= half a uniform share whose split saves more than their removal costs,
 ``refine_codebook(split, split_share)``), a post-hoc
 step like the k-means baseline's, which samples its points from the same stride-1 set.
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
+    python bench/tokenizer_layers.py --ks 65536 --methods ours_vq --refine-split-share 0.7 1  # one row per share
 
 Last line: one JSON object with every figure.
 """
@@ -74,7 +75,7 @@ class Experiment:
     flip: bool = False
     refine_iters: int = 8
     refine_split: float = 0.05
-    refine_split_share: float = 0.5
+    refine_split_share: tuple[float, ...] = (0.5,)  # several: one refined row each, same trained model
     vq_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
@@ -246,14 +247,20 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
            "steps_per_s": 1.0 / step_s, "train_s": float(np.sum(times)), "peak_mem_mb": peak}  # fmt: skip
     if not (exp.refine_iters and kind in ("ours_vq", "ours_vq_rotation")):
         return [row]
-    t0 = time.perf_counter()
     with torch.no_grad():
         fit = train if fit is None else fit
         z = torch.cat([enc(fit[s : s + 65536].to(device)) for s in range(0, fit.shape[0], 65536)])
-    hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_split, exp.refine_split_share)  # latent MSE before / after each iteration
-    refined = {**row, "method": f"{kind}+refine", **evaluate(enc, bott, dec, held, k, device, pool),
-               "refine_s": time.perf_counter() - t0, "refine_latent_mse": [hist[0], hist[-1]]}  # fmt: skip
-    return [row, refined]
+    trained = {name: t.clone() for name, t in bott.q.state_dict().items()}
+    rows = [row]
+    for share in exp.refine_split_share:
+        bott.q.load_state_dict(trained)  # every share refines the same trained codebook
+        t0 = time.perf_counter()
+        hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_split, share)  # latent MSE before / after each iteration
+        name = f"{kind}+refine" if len(exp.refine_split_share) == 1 else f"{kind}+refine@{share:g}"
+        rows.append({**row, "method": name, **evaluate(enc, bott, dec, held, k, device, pool),
+                     "refine_split_share": share, "refine_s": time.perf_counter() - t0,
+                     "refine_latent_mse": [hist[0], hist[-1]]})  # fmt: skip
+    return rows
 
 
 def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor, k: int, device: str,
@@ -358,8 +365,9 @@ def main() -> None:
                     help="after training: Lloyd iterations of ours_vq's codebook on the training encodings")
     ap.add_argument("--refine-split", type=float, default=Experiment.refine_split,
                     help="refinement's ELBG moves: fraction of the codes that may move per iteration (0: plain Lloyd)")
-    ap.add_argument("--refine-split-share", type=float, default=Experiment.refine_split_share,
-                    help="ELBG cuts only cells with at least this fraction of a uniform share of the vectors")
+    ap.add_argument("--refine-split-share", type=float, nargs="+", default=list(Experiment.refine_split_share),
+                    help="ELBG cuts only cells with at least this fraction of a uniform share of the vectors; "
+                         "several values: one refined row each (ours_vq+refine@S), all from the same trained model")
     ap.add_argument("--seed", type=int, default=Experiment.seed)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss CPU threads (1: least noisy on a shared machine)")
@@ -369,7 +377,7 @@ def main() -> None:
                      dim=args.dim, kmeans_niter=args.kmeans_niter,
                      baseline_points_per_code=args.baseline_points_per_code, schedule=args.schedule,
                      warmup_frac=args.warmup_frac, train_stride=args.train_stride, fit_stride=args.fit_stride, flip=args.flip,
-                     refine_iters=args.refine_iters, refine_split=args.refine_split, refine_split_share=args.refine_split_share,
+                     refine_iters=args.refine_iters, refine_split=args.refine_split, refine_split_share=tuple(args.refine_split_share),
                      vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
