@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vq.codebook import KMeans, _native, assign, load_codec, save_codec
+from vq.codebook import KMeans, _native, assign, assign_excluding, load_codec, save_codec
 
 faiss = pytest.importorskip("faiss")
 
@@ -215,3 +215,30 @@ def test_kmeans_plusplus_native_matches_torch(kind, monkeypatch):
     wf = torch.ones_like(x) if w is None else (w[:, None].expand_as(x) if w.dim() == 1 else w)
     obj = [(wf[:, None] * (x[:, None] - c[None]) ** 2).sum(-1).min(1).values.sum().item() for c in (fast, slow)]
     assert obj[0] == pytest.approx(obj[1], rel=0.15)
+
+
+def test_assign_excluding_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    x, c = torch.randn(900, 5, generator=g), torch.randn(37, 5, generator=g)
+    own, _ = assign(x, c)
+    exclude = torch.where(torch.arange(900) % 3 == 0, own, torch.randint(37, (900,), generator=g))
+    idx, dist = assign_excluding(x, c, exclude, chunk_bytes=4096)  # tiny chunks exercise the loop
+    ref = ((x.double()[:, None] - c.double()[None]) ** 2).sum(-1)
+    ref[torch.arange(900), exclude] = math.inf
+    assert not bool((idx == exclude).any())
+    assert torch.allclose(ref.gather(1, idx[:, None])[:, 0], ref.min(1).values, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(dist.double(), ref.min(1).values, rtol=1e-4, atol=1e-4)
+    # excluding the own code of rows that sit on it: the second-nearest, never the same point
+    assert bool((dist[::3] >= assign(x[::3], c)[1] - 1e-5).all())
+
+
+def test_assign_excluding_bad_input():
+    x, c = torch.randn(10, 3), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="exclude must be a tensor of shape"):
+        assign_excluding(x, c, torch.zeros(9, dtype=torch.long))
+    with pytest.raises(ValueError, match="exclude out of range"):
+        assign_excluding(x, c, torch.full((10,), 4))
+    with pytest.raises(TypeError, match="integer"):
+        assign_excluding(x, c, torch.zeros(10))
+    with pytest.raises(ValueError, match=">= 2 centroids"):
+        assign_excluding(x, c[:1], torch.zeros(10, dtype=torch.long))

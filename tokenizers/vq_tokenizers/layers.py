@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq.codebook import KMeans, assign, check_codes
+from vq.codebook import KMeans, assign, assign_excluding, check_codes
 from vq.codebook.fsq import FSQ as FSQGrid
 from vq.codebook.metrics import stage_stats
 from vq.codebook.product import require_int
@@ -447,12 +447,9 @@ class VectorQuantizer(nn.Module):
         # cost: the candidates' vectors at their second-nearest code (own code masked out)
         rows = torch.nonzero(is_cand[codes])[:, 0]
         cost = torch.zeros(k, device=z.device)
-        step = max(1, self.config.chunk_bytes // (4 * k))
-        for s in range(0, rows.shape[0], step):
-            r = rows[s : s + step]
-            d = torch.cdist(z[r], cb).square_()  # (rows, k)
-            d[torch.arange(r.shape[0], device=z.device), codes[r]] = math.inf
-            cost.index_add_(0, codes[r], d.min(1).values - dist[r])
+        if rows.numel():  # a rank may hold no vector of any candidate
+            _, second = assign_excluding(z[rows], cb, codes[rows], chunk_bytes=self.config.chunk_bytes)
+            cost.index_add_(0, codes[rows], second - dist[rows])
         # gain: second moments of the target cells -> principal axis and variance of each
         moments = torch.zeros(m, c * c, device=z.device)
         rows = torch.nonzero(slot[codes] >= 0)[:, 0]

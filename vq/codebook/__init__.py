@@ -2,7 +2,7 @@
 lattices, SimVQ, metrics). Every family speaks the :class:`Codec` protocol."""
 from vq.codebook.additive import AdditiveVQ
 from vq.codebook.fsq import FSQ
-from vq.codebook.kmeans import KMeans, assign
+from vq.codebook.kmeans import KMeans, assign, assign_excluding
 from vq.codebook.lattice import E8, E8P, PVQ
 from vq.codebook.product import ProductVQ
 from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, load_codec, save_codec
@@ -23,6 +23,7 @@ __all__ = [
     "ProductVQ",
     "ResidualVQ",
     "assign",
+    "assign_excluding",
     "check_codes",
     "check_vectors",
     "check_weights",

@@ -121,6 +121,49 @@ def _assign(x: Tensor, c: Tensor, w: Tensor | None, chunk_bytes: int) -> tuple[T
     return idx, dist
 
 
+@torch.no_grad()
+def assign_excluding(
+    x: Tensor,
+    centroids: Tensor,
+    exclude: Tensor,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of each row of ``x`` other than ``exclude[i]`` (e.g. the row's own code:
+    what moving that code away would cost, as in ELBG), by squared L2.
+
+    Args:
+        x: (n, d) float.
+        centroids: (k, d) float, same device, k >= 2.
+        exclude: (n,) int64 centroid index to leave out for each row.
+        chunk_bytes: budget for the (rows, k) float32 distance block.
+
+    Returns:
+        ``(idx, dist)``: (n,) int64 index and (n,) float32 squared distance.
+    """
+    x = check_vectors(x)
+    c = check_vectors(centroids, dim=x.shape[1], name="centroids").to(x.device)
+    k = c.shape[0]
+    if k < 2:
+        raise ValueError(f"assign_excluding needs >= 2 centroids, got {k}")
+    if not isinstance(exclude, Tensor) or exclude.shape != (x.shape[0],):
+        got = tuple(exclude.shape) if isinstance(exclude, Tensor) else type(exclude).__name__
+        raise ValueError(f"exclude must be a tensor of shape ({x.shape[0]},), got {got}")
+    exclude = check_codes(exclude[:, None], 1, k, name="exclude")[:, 0].to(x.device)
+    x32, c32 = x.float(), c.float()
+    c_sq = (c32 * c32).sum(1)
+    idx = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    dist = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    step = _rows_per_chunk(k, x.shape[1], chunk_bytes)
+    for s in range(0, x.shape[0], step):
+        xb = x32[s : s + step]
+        block = _distance_block(xb, None, c32, c_sq)  # (rows, k)
+        block.scatter_(1, exclude[s : s + step, None], math.inf)
+        best, arg = block.min(dim=1)
+        idx[s : s + step] = arg
+        dist[s : s + step] = (best + _row_constant(xb, None)).clamp_min_(0.0)
+    return idx, dist
+
+
 class _TorchD2:
     """k-means++ step primitives in torch (any device): the running D^2 distances ``closest``.
 
