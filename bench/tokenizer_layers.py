@@ -31,6 +31,7 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import gc
 import json
@@ -76,6 +77,7 @@ class Experiment:
     refine_iters: int = 8
     refine_split: float = 0.05
     refine_split_share: tuple[float, ...] = (0.5,)  # several: one refined row each, same trained model
+    decoder_refit_steps: int = 500  # 0: no +refine+dec rows
     vq_options: tuple[tuple[str, Any], ...] = ()
     seed: int = 0
 
@@ -87,6 +89,8 @@ class Experiment:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if self.decoder_refit_steps < 0:
+            raise ValueError(f"decoder_refit_steps must be >= 0, got {self.decoder_refit_steps}")
         if self.steps < 1 or self.train_stride < 1 or self.fit_stride < 1:
             raise ValueError(f"steps, train_stride and fit_stride must be >= 1, got {self.steps}, "
                              f"{self.train_stride}, {self.fit_stride}")
@@ -256,11 +260,45 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
         bott.q.load_state_dict(trained)  # every share refines the same trained codebook
         t0 = time.perf_counter()
         hist = bott.q.refine_codebook(z, exp.refine_iters, exp.refine_split, share)  # latent MSE before / after each iteration
-        name = f"{kind}+refine" if len(exp.refine_split_share) == 1 else f"{kind}+refine@{share:g}"
-        rows.append({**row, "method": name, **evaluate(enc, bott, dec, held, k, device, pool),
+        tag = "" if len(exp.refine_split_share) == 1 else f"@{share:g}"
+        rows.append({**row, "method": f"{kind}+refine{tag}", **evaluate(enc, bott, dec, held, k, device, pool),
                      "refine_split_share": share, "refine_s": time.perf_counter() - t0,
                      "refine_latent_mse": [hist[0], hist[-1]]})  # fmt: skip
+        if exp.decoder_refit_steps:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                q, codes, _ = bott(z)  # the final partition of the fit set
+            refit = refit_decoder(dec, q, codes[:, 0], fit, exp.decoder_refit_steps, exp.lr)
+            rows.append({**rows[-1], "method": f"{kind}+refine+dec{tag}",
+                         **evaluate(enc, bott, refit, held, k, device, pool),
+                         "decoder_refit_s": time.perf_counter() - t0})  # fmt: skip
     return rows
+
+
+def refit_decoder(dec: nn.Module, q: torch.Tensor, codes: torch.Tensor, x: torch.Tensor, steps: int,
+                  lr: float) -> nn.Module:
+    """A copy of ``dec`` refitted to a frozen partition: ``q`` (n, d) the quantized latents and
+    ``codes`` (n,) the codes of the fit patches ``x`` (n, p*p). Every patch of a cell has the same
+    ``q``, so ``sum_i |dec(q_i) - x_i|^2 = sum_j n_j |dec(q_j) - mean_j(x)|^2 + const``: full-batch
+    Adam (cosine-decayed from ``lr``) on the cell means, weighted by their counts, minimises the
+    same squared error as training on every patch, for the cost of K rows a step."""
+    k = int(codes.max()) + 1
+    counts = torch.bincount(codes, minlength=k).to(q.dtype)  # (k,)
+    cells = torch.zeros(k, q.shape[1], device=q.device).index_add_(0, codes, q)  # (k, d)
+    means = torch.zeros(k, x.shape[1], device=q.device).index_add_(0, codes, x.to(q.device))  # (k, p*p)
+    hit = counts > 0
+    cells, means, counts = cells[hit] / counts[hit, None], means[hit] / counts[hit, None], counts[hit]
+    weight = (counts / counts.sum())[:, None]
+    refit = copy.deepcopy(dec).train()
+    opt = torch.optim.Adam(refit.parameters(), lr=lr)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        loss = (weight * (refit(cells) - means).square()).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return refit.eval()
 
 
 def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor, k: int, device: str,
@@ -368,6 +406,9 @@ def main() -> None:
     ap.add_argument("--refine-split-share", type=float, nargs="+", default=list(Experiment.refine_split_share),
                     help="ELBG cuts only cells with at least this fraction of a uniform share of the vectors; "
                          "several values: one refined row each (ours_vq+refine@S), all from the same trained model")
+    ap.add_argument("--decoder-refit-steps", type=int, default=Experiment.decoder_refit_steps,
+                    help="after refinement: full-batch Adam steps refitting a copy of the decoder to the final "
+                         "partition (encoder and codebook frozen), one +refine+dec row each (0: none)")
     ap.add_argument("--seed", type=int, default=Experiment.seed)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss CPU threads (1: least noisy on a shared machine)")
@@ -378,6 +419,7 @@ def main() -> None:
                      baseline_points_per_code=args.baseline_points_per_code, schedule=args.schedule,
                      warmup_frac=args.warmup_frac, train_stride=args.train_stride, fit_stride=args.fit_stride, flip=args.flip,
                      refine_iters=args.refine_iters, refine_split=args.refine_split, refine_split_share=tuple(args.refine_split_share),
+                     decoder_refit_steps=args.decoder_refit_steps,
                      vq_options=tuple(_parse_option(o) for o in args.vq_option), seed=args.seed)  # fmt: skip
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -400,9 +442,9 @@ def main() -> None:
         for r in rows:
             if r["K"] == k and "steps_per_s" in r and ref:
                 r["speed_vs_vqp_vq"] = r["steps_per_s"] / ref
-    print(f"{'K':>6} {'method':<18} {'mse':>9} {'pool mse':>9} {'used':>6} {'ppl':>9} {'steps/s':>8} {'x vqp_vq':>8} {'peakMB':>8}")
+    print(f"{'K':>6} {'method':<24} {'mse':>9} {'pool mse':>9} {'used':>6} {'ppl':>9} {'steps/s':>8} {'x vqp_vq':>8} {'peakMB':>8}")
     for r in rows:
-        print(f"{r['K']:>6} {r['method']:<18} {r['heldout_mse']:>9.5f} {r['pool_mse']:>9.6f} {r['heldout_used_fraction']:>6.3f} "
+        print(f"{r['K']:>6} {r['method']:<24} {r['heldout_mse']:>9.5f} {r['pool_mse']:>9.6f} {r['heldout_used_fraction']:>6.3f} "
               f"{r['heldout_perplexity']:>9.1f} {r.get('steps_per_s', math.nan):>8.2f} "
               f"{r.get('speed_vs_vqp_vq', math.nan):>8.2f} {r.get('peak_mem_mb', math.nan):>8.1f}")  # fmt: skip
     print(json.dumps({"experiment": asdict(exp), "device": device, "torch_threads": torch.get_num_threads(), "rows": rows}))
