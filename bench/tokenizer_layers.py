@@ -222,8 +222,9 @@ def _reset_peak() -> float:
 
 def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch.Tensor, device: str,
             fit: torch.Tensor | None = None, pool: torch.Tensor | None = None) -> list[dict]:
-    """Train one bottleneck on ``train``; one row, plus a ``<kind>+refine`` row (same training, then
-    ``refine_codebook`` on the encodings of every ``fit`` patch, default ``train``) when ``exp.refine_iters``."""
+    """Train one bottleneck on ``train``; one row, plus, when ``exp.refine_iters``, per refinement
+    share a ``<kind>+refine`` row (same training, then ``refine_codebook`` on the encodings of every
+    ``fit`` patch, default ``train``) and, when ``exp.decoder_refit_steps``, a ``<kind>+refine+dec`` row."""
     torch.manual_seed(exp.seed)
     enc, dec = make_ae(exp.dim, exp.patch)
     bott = Bottleneck(kind, k, exp.dim, dict(exp.vq_options))

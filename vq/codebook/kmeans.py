@@ -100,24 +100,30 @@ def _assign(x: Tensor, c: Tensor, w: Tensor | None, chunk_bytes: int) -> tuple[T
     c32 = c.float()
     w_rows = w if (w is not None and w.dim() == 1) else None
     w_coord = w.float() if (w is not None and w.dim() == 2) else None
-    n, k = x.shape[0], c.shape[0]
     fused = _native.nearest(x32, c32, w_coord) if x.device.type == "cpu" else None
-    if fused is not None:  # fused distance+argmin kernel: no (rows, k) block at all
-        idx, dist = fused
-        return idx, (dist * w_rows.float() if w_rows is not None else dist)
+    # fused distance+argmin kernel: no (rows, k) block at all
+    idx, dist = fused if fused is not None else _chunked_nearest(x32, c32, w_coord, chunk_bytes)
+    return idx, (dist * w_rows.float() if w_rows is not None else dist)
+
+
+def _chunked_nearest(x32: Tensor, c32: Tensor, w_coord: Tensor | None, chunk_bytes: int,
+                     exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Nearest of the float32 centroids ``c32`` for each row of ``x32`` in (rows, k) distance
+    blocks of at most ``chunk_bytes``; ``exclude`` (n,) leaves one centroid out per row."""
+    n, k = x32.shape[0], c32.shape[0]
     c_sq = (c32 * c32).sum(1)
-    idx = torch.empty(n, dtype=torch.int64, device=x.device)
-    dist = torch.empty(n, dtype=torch.float32, device=x.device)
-    step = _rows_per_chunk(k, x.shape[1], chunk_bytes)
+    idx = torch.empty(n, dtype=torch.int64, device=x32.device)
+    dist = torch.empty(n, dtype=torch.float32, device=x32.device)
+    step = _rows_per_chunk(k, x32.shape[1], chunk_bytes)
     for s in range(0, n, step):
         xb = x32[s : s + step]
         wb = None if w_coord is None else w_coord[s : s + step]
         block = _distance_block(xb, wb, c32, c_sq)  # (rows, k)
+        if exclude is not None:
+            block.scatter_(1, exclude[s : s + step, None], math.inf)
         best, arg = block.min(dim=1)
         idx[s : s + step] = arg
         dist[s : s + step] = (best + _row_constant(xb, wb)).clamp_min_(0.0)
-    if w_rows is not None:
-        dist *= w_rows.float()
     return idx, dist
 
 
@@ -149,19 +155,7 @@ def assign_excluding(
         got = tuple(exclude.shape) if isinstance(exclude, Tensor) else type(exclude).__name__
         raise ValueError(f"exclude must be a tensor of shape ({x.shape[0]},), got {got}")
     exclude = check_codes(exclude[:, None], 1, k, name="exclude")[:, 0].to(x.device)
-    x32, c32 = x.float(), c.float()
-    c_sq = (c32 * c32).sum(1)
-    idx = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    dist = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    step = _rows_per_chunk(k, x.shape[1], chunk_bytes)
-    for s in range(0, x.shape[0], step):
-        xb = x32[s : s + step]
-        block = _distance_block(xb, None, c32, c_sq)  # (rows, k)
-        block.scatter_(1, exclude[s : s + step, None], math.inf)
-        best, arg = block.min(dim=1)
-        idx[s : s + step] = arg
-        dist[s : s + step] = (best + _row_constant(xb, None)).clamp_min_(0.0)
-    return idx, dist
+    return _chunked_nearest(x.float(), c.float(), None, chunk_bytes, exclude)
 
 
 class _TorchD2:
