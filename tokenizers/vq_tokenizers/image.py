@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq.codebook.product import require_int
+from vq.codebook.checks import require_int
 from vq_tokenizers.base import TokenizerModel
 from vq_tokenizers.layers import QuantizerOutput, QuantizerSpec
 

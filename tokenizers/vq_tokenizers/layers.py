@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from vq.codebook import KMeans, assign, assign_excluding, check_codes
 from vq.codebook.fsq import FSQ as FSQGrid
 from vq.codebook.metrics import stage_stats
-from vq.codebook.product import require_int
+from vq.codebook.checks import check_channel_last, check_int_tensor, require_int
 from vq.codebook.simvq import simvq_basis, simvq_codebook
 
 __all__ = [
@@ -91,32 +91,6 @@ def _broadcast(t: Tensor) -> Tensor:
     if _world() > 1:
         dist.broadcast(t, src=0)
     return t
-
-
-def _check_input(x: Any, dim: int, name: str = "x") -> Tensor:
-    """Validate channel-last input ``(..., dim)`` before any heavy work."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() == 0 or x.shape[-1] != dim:
-        raise ValueError(
-            f"{name} has last dimension {x.shape[-1] if x.dim() else None}, expected {dim} "
-            f"(layers take channel-last input (..., {dim}); shape was {tuple(x.shape)})"
-        )
-    if x.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf (diverged encoder or learning rate too high?)")
-    return x
-
-
-def _check_int_codes(codes: Any, name: str = "codes") -> Tensor:
-    if not isinstance(codes, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(codes).__name__}")
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got dtype {codes.dtype}")
-    return codes.long()
 
 
 def _batch_stats(codes: Tensor, k: int | list[int]) -> tuple[Tensor, Tensor]:
@@ -319,7 +293,7 @@ class VectorQuantizer(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: Tensor) -> QuantizerOutput:
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         lead = x.shape[:-1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             flat = x.reshape(-1, self.dim).float()  # (n, dim)
@@ -348,7 +322,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """(..., dim) -> codes (...) int64, without updating anything."""
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = self._project(x.reshape(-1, self.dim).float())
             codes, _ = assign(z, self.effective_codebook(), chunk_bytes=self.config.chunk_bytes)
@@ -356,7 +330,7 @@ class VectorQuantizer(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (...) int in [0, K) -> (..., dim) float32, equal to the forward's ``quantized``."""
-        codes = _check_int_codes(codes)
+        codes = check_int_tensor(codes)
         flat = check_codes(codes.reshape(-1, 1), 1, self.codebook_size)[:, 0]  # (n,)
         with torch.autocast(device_type=codes.device.type, enabled=False):
             out = self.project_out(F.embedding(flat, self.effective_codebook()))
@@ -402,7 +376,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"split must be a fraction of the codes in [0, 0.5], got {split!r}")
         if not (isinstance(split_share, (int, float)) and math.isfinite(split_share) and split_share >= 0):
             raise ValueError(f"split_share must be a finite number >= 0, got {split_share!r}")
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         cfg, k = self.config, self.codebook_size
         split_iters = iters - max(1, -(-iters // 3)) if split > 0 else 0  # settle: ceil(iters / 3)
         with torch.autocast(device_type=x.device.type, enabled=False):
@@ -677,7 +651,7 @@ class FSQ(nn.Module):
         self.project_out: nn.Module = nn.Linear(d, dim) if d != dim else nn.Identity()
 
     def forward(self, x: Tensor) -> QuantizerOutput:
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         lead = x.shape[:-1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             b = torch.tanh(self.project_in(x.reshape(-1, self.dim).float()))  # (n, d) in (-1, 1)
@@ -695,7 +669,7 @@ class FSQ(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (...) int in [0, prod(levels)) -> (..., dim) float32."""
-        codes = _check_int_codes(codes)
+        codes = check_int_tensor(codes)
         digits = self.grid.index_to_codes(codes.reshape(-1))  # (n, d), range-checked
         with torch.autocast(device_type=codes.device.type, enabled=False):
             out = self.project_out(self.grid.digits_to_values(digits))
@@ -742,7 +716,7 @@ class ResidualVQ(nn.Module):
         return keep
 
     def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         examples = x.shape[0] if x.dim() > 1 else 1
         keep = self.sample_levels(examples, n_levels, x.device)  # (B,)
         per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
@@ -774,7 +748,7 @@ class ResidualVQ(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (..., levels) int in [-1, K) (-1 = level unused) -> (..., dim) float32."""
-        codes = _check_int_codes(codes)
+        codes = check_int_tensor(codes)
         if codes.dim() == 0 or codes.shape[-1] != self.levels:
             raise ValueError(f"codes must have shape (..., {self.levels}), got {tuple(codes.shape)}")
         flat = codes.reshape(-1, self.levels)  # (n, levels)
@@ -811,7 +785,7 @@ class GroupedResidualVQ(nn.Module):
         )
 
     def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
-        x = _check_input(x, self.dim)
+        x = check_channel_last(x, self.dim)
         examples = x.shape[0] if x.dim() > 1 else 1
         keep = self.rvqs[0].sample_levels(examples, n_levels, x.device)
         per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
@@ -831,7 +805,7 @@ class GroupedResidualVQ(nn.Module):
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (..., groups, levels) -> (..., dim) float32."""
-        codes = _check_int_codes(codes)
+        codes = check_int_tensor(codes)
         if codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.groups, self.levels):
             raise ValueError(f"codes must have shape (..., {self.groups}, {self.levels}), got {tuple(codes.shape)}")
         return torch.cat([r.decode(codes[..., g, :]) for g, r in enumerate(self.rvqs)], dim=-1)

@@ -5,7 +5,8 @@ from vq.codebook.fsq import FSQ
 from vq.codebook.kmeans import KMeans, assign, assign_excluding
 from vq.codebook.lattice import E8, E8P, PVQ
 from vq.codebook.product import ProductVQ
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, load_codec, save_codec
+from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.protocol import Codec, load_codec, save_codec
 from vq.codebook.residual import ResidualVQ
 from vq.codebook.simvq import SimVQCodebook
 from vq.codebook import metrics

@@ -31,8 +31,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vq.codebook.product import CodebookStack, require_fields, require_int, require_k_le_n
-from vq.codebook.protocol import check_vectors, check_weights, register_codec
+from vq.codebook.checks import check_vectors, check_weights, require_int, require_k_le_n
+from vq.codebook.product import CodebookStack, require_fields
+from vq.codebook.protocol import register_codec
 from vq.codebook.residual import CHUNK_BYTES, ResidualVQ, residual_beam_search, sum_codewords, weighted_sq
 
 __all__ = ["AdditiveVQ", "AdditiveVQConfig", "additive_beam_search", "least_squares_codebooks", "sum_codewords_beam"]

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from vq.codebook import _native
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.protocol import Codec, register_codec
 
 __all__ = ["KMeans", "assign", "kmeans_plusplus"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq.codebook.protocol import check_codes
+from vq.codebook.checks import check_codes, require_int
 
 __all__ = [
     "usage",
@@ -29,17 +29,9 @@ __all__ = [
 ]
 
 
-def _check_k(k: Any, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"{name} must be >= 1, got {k}")
-    return k
-
-
 def _single_codes(codes: Any, k: int) -> Tensor:
     """Accept codes of shape (n,) or (n, 1); return validated (n,) int64."""
-    k = _check_k(k)
+    k = require_int("k", k, 1)
     if isinstance(codes, Tensor) and codes.dim() == 1:
         codes = codes[:, None]  # (n, 1)
     if isinstance(codes, Tensor) and codes.dim() == 2 and codes.shape[1] != 1:
@@ -114,7 +106,7 @@ def stage_stats(codes: Tensor, k: int | list[int] | tuple[int, ...]) -> list[dic
     if len(ks) != m:
         raise ValueError(f"k lists {len(ks)} codebook sizes but codes has {m} columns")
     for j, kj in enumerate(ks):
-        _check_k(kj, f"k[{j}]")
+        require_int(f"k[{j}]", kj, 1)
     codes = check_codes(codes, m, ks)
     if codes.shape[0] == 0:
         raise ValueError("codes is empty (n = 0)")

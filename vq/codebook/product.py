@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans, assign
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+from vq.codebook.checks import check_codes, check_vectors, check_weights, require_choice, require_int, require_k_le_n
+from vq.codebook.protocol import Codec, register_codec
 
 __all__ = ["CodebookStack", "ProductVQ", "ProductVQConfig"]
 
@@ -27,31 +28,12 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "faiss", "torch")
 
 
-def require_int(name: str, value: Any, minimum: int) -> None:
-    """Raise a clear error unless ``value`` is an int (not bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def require_backend(backend: Any) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 def require_fields(cfg: Any, **minimum: int) -> None:
     """Validate a config's ``dim``, ``k``, ``niter``, ``seed``, ``backend`` and the int fields
     named in ``minimum`` (field name -> smallest allowed value)."""
     for name, low in {"dim": 1, "k": 1, "niter": 0, "seed": 0, **minimum}.items():
         require_int(name, getattr(cfg, name), low)
-    require_backend(cfg.backend)
-
-
-def require_k_le_n(k: int, n: int) -> None:
-    """k-means needs at least k training vectors."""
-    if k > n:
-        raise ValueError(f"k = {k} codewords need at least {k} training vectors, got n = {n}")
+    require_choice("backend", cfg.backend, BACKENDS)
 
 
 class CodebookStack(Codec):

@@ -1,4 +1,4 @@
-"""The codec protocol every codebook family speaks, plus the shared input checks.
+"""The codec protocol every codebook family speaks (input checks: :mod:`vq.codebook.checks`).
 
 A codec maps vectors to integer codes and back::
 
@@ -23,9 +23,6 @@ from torch import Tensor
 
 __all__ = [
     "Codec",
-    "check_vectors",
-    "check_weights",
-    "check_codes",
     "save_codec",
     "load_codec",
     "register_codec",
@@ -39,70 +36,6 @@ def register_codec(cls: type["Codec"]) -> type["Codec"]:
     """Class decorator: make ``cls`` loadable by :func:`load_codec` under its class name."""
     CODECS[cls.__name__] = cls
     return cls
-
-
-def check_vectors(x: Any, dim: int | None = None, name: str = "x") -> Tensor:
-    """Validate a batch of vectors and return it as a float tensor (float64 kept, else float32).
-
-    Raises ``TypeError`` for non-tensors / non-float dtypes and ``ValueError`` for wrong rank,
-    wrong last dimension, empty input or non-finite values.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not (x.dtype.is_floating_point):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must have shape (n, d), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (n = 0)")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {x.shape[1]}, expected {dim}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return x if x.dtype == torch.float64 else x.float()
-
-
-def check_weights(weights: Any, x: Tensor, name: str = "weights") -> Tensor | None:
-    """Validate importance weights for ``x`` (n, d): shape (n,) or (n, d), finite, >= 0.
-
-    Returns ``None`` when ``weights`` is ``None``, else a tensor of ``x``'s dtype and device.
-    """
-    if weights is None:
-        return None
-    if not isinstance(weights, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(weights).__name__}")
-    n, d = x.shape
-    if tuple(weights.shape) not in ((n,), (n, d)):
-        raise ValueError(
-            f"{name} must have shape ({n},) or ({n}, {d}) to match x, got {tuple(weights.shape)}"
-        )
-    weights = weights.to(device=x.device, dtype=x.dtype)
-    if not bool(torch.isfinite(weights).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    if bool((weights < 0).any()):
-        raise ValueError(f"{name} must be non-negative")
-    if not bool((weights > 0).any()):
-        raise ValueError(f"{name} are all zero")
-    return weights
-
-
-def check_codes(codes: Any, m: int, k: int | list[int] | tuple[int, ...], name: str = "codes") -> Tensor:
-    """Validate integer codes of shape (n, m) with ``0 <= codes[:, j] < k[j]``; return int64."""
-    if not isinstance(codes, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(codes).__name__}")
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got dtype {codes.dtype}")
-    if codes.dim() != 2 or codes.shape[1] != m:
-        raise ValueError(f"{name} must have shape (n, {m}), got shape {tuple(codes.shape)}")
-    codes = codes.long()
-    if codes.numel() == 0:
-        return codes
-    ks = [k] * m if isinstance(k, int) else list(k)
-    upper = torch.tensor(ks, device=codes.device)
-    if bool((codes < 0).any()) or bool((codes >= upper).any()):
-        bad = codes[(codes < 0) | (codes >= upper)][0].item()
-        raise ValueError(f"{name} out of range: found {bad}, valid range is [0, {ks}) per column")
-    return codes
 
 
 class Codec(ABC):

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans
-from vq.codebook.product import CodebookStack, require_fields, require_int, require_k_le_n
-from vq.codebook.protocol import check_vectors, check_weights, register_codec
+from vq.codebook.checks import check_vectors, check_weights, require_int, require_k_le_n
+from vq.codebook.product import CodebookStack, require_fields
+from vq.codebook.protocol import register_codec
 
 __all__ = ["ResidualVQ", "ResidualVQConfig", "residual_beam_search", "sum_codewords", "weighted_sq"]
 

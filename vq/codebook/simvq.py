@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans, assign
-from vq.codebook.protocol import Codec, check_codes, check_vectors, check_weights, register_codec
+from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.protocol import Codec, register_codec
 
 __all__ = ["SimVQCodebook", "simvq_basis", "simvq_codebook", "simvq_solve_w"]
 

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from vq.weights.format import QuantizedWeight
 from vq.weights.hessian import damped, inverse_cholesky
-from vq.weights.rtn import _check_bits_group, group_grids, uniform_params, uniform_quantize
+from vq.codebook.checks import require_int
+from vq.weights.rtn import group_grids, uniform_params, uniform_quantize
 
 __all__ = ["GPTQConfig", "gptq_quantize"]
 
@@ -37,7 +38,8 @@ class GPTQConfig:
     block_size: int = 128
 
     def __post_init__(self) -> None:
-        _check_bits_group(self.bits, self.group_size)
+        require_int("bits", self.bits, 1, 8)
+        require_int("group_size", self.group_size, 1)
         if not 0.0 <= self.damp < 1e3:
             raise ValueError(f"damp must be >= 0, got {self.damp}")
         if self.block_size < 1:

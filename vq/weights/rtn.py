@@ -17,16 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vq.codebook.checks import require_int
 from vq.weights.format import QuantizedWeight
 
 __all__ = ["RTNConfig", "uniform_params", "uniform_quantize", "group_grids", "rtn_quantize"]
-
-
-def _check_bits_group(bits: int, group_size: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an int in 1..8, got {bits!r}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
 
 
 @dataclass(frozen=True)
@@ -37,7 +31,8 @@ class RTNConfig:
     group_size: int = 128
 
     def __post_init__(self) -> None:
-        _check_bits_group(self.bits, self.group_size)
+        require_int("bits", self.bits, 1, 8)
+        require_int("group_size", self.group_size, 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
