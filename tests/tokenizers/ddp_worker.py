@@ -64,6 +64,7 @@ def worker(rank: int, out_dir: str) -> None:
     model.module.vq_ema.refine_codebook(z, iters=4, split=0.25)
     state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
     save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    dist.barrier()  # both ranks done before teardown: a rank tearing gloo down early aborted its peer under load
     dist.destroy_process_group()
 
 
