@@ -490,6 +490,8 @@ class KMeans(Codec):
         empty = torch.nonzero((den > 0).sum(1) == 0).flatten() if self.empty == "reseed" else None
         if empty is not None and empty.numel():
             # re-seed each empty centroid on a distinct point that is currently worst represented
+            # (a warm start on fewer points than clusters: the rest stay)
+            empty = empty[: x.shape[0]]
             order = torch.argsort(dist, descending=True)
             c[empty] = x[order[: empty.numel()]]
             log.debug("kmeans: re-seeded %d empty clusters", empty.numel())
