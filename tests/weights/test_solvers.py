@@ -152,9 +152,9 @@ def test_tile_shape_whole_row_blocks_for_4bit_codes():
     assert tile_shape(1536, 576, cfg) == (32, 192)
     assert tile_shape(40, 576, GPTVQConfig(dim=2, index_bits=4, group_size=1 << 20)) == (40, 192)  # one tile
     q = gptvq_quantize(*layer(out=50, inp=96)[:2], GPTVQConfig(dim=2, index_bits=4, group_size=512, block_cols=32))
-    assert q.tile_rows == 32  # 3 tiles of 17 rows -> 2 of 32 (the last one ragged)
+    assert q.layout.tile_rows == 32  # 3 tiles of 17 rows -> 2 of 32 (the last one ragged)
     if cpu.native_available():
-        lay = VQLayout(50, 96, 2, 1, 16, 4, q.tile_rows, q.tile_groups)
+        lay = VQLayout(50, 96, 2, 1, 16, 4, q.layout.tile_rows, q.layout.tile_groups)
         assert cpu.index_format(lay) == "u4"
 
 
@@ -162,12 +162,12 @@ def test_gptvq_codes_stored_layout():
     W, H, _ = layer(out=50, inp=96)
     q = gptvq_quantize(W, H, GPTVQConfig(dim=4, index_bits=5, group_size=1024, block_cols=32))
     tile_rows, cols = tile_shape(50, 96, GPTVQConfig(dim=4, index_bits=5, group_size=1024, block_cols=32))
-    assert (q.tile_rows, q.tile_groups, q.K, q.d) == (tile_rows, cols // 4, 32, 4)
+    assert (q.layout.tile_rows, q.layout.tile_groups, q.layout.K, q.layout.d) == (tile_rows, cols // 4, 32, 4)
     assert q.codes().shape == (50, 24, 1) and int(q.codes().max()) < 32
     # decode by hand from the documented layout
     cb, sc, codes = q.codebooks(), q.scales(), q.codes()[:, :, 0]
     manual = torch.stack([
-        torch.cat([cb[r // q.tile_rows, g // q.tile_groups, 0, codes[r, g]] for g in range(24)]) * sc[r]
+        torch.cat([cb[r // q.layout.tile_rows, g // q.layout.tile_groups, 0, codes[r, g]] for g in range(24)]) * sc[r]
         for r in range(50)
     ])
     assert torch.equal(manual, q.dense())
