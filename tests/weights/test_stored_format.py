@@ -51,3 +51,20 @@ def test_solvers_write_the_format_1_tensors_bit_for_bit(name):
         assert qw.meta() == cfg["layers"][layer]
         for k, t in qw.tensors.items():
             assert t.dtype == stored[f"{layer}.{k}"].dtype and torch.equal(t, stored[f"{layer}.{k}"]), (layer, k)
+
+
+def test_format_1_compress_config_reads_the_old_gptvq_key():
+    """Format 1 stored gptvq's weights per codebook as ``group_size``; it reads back renamed."""
+    from vq.weights.gptvq import GPTVQConfig
+    from vq.weights.pipeline import CompressConfig
+
+    for name in ("v1_gptvq8", "v1_gptvq16"):
+        stored = F.read_json(DATA / f"{name}.vq_config.json")["compress"]
+        assert "group_size" in stored["solver"]
+        cfg = CompressConfig.from_dict(stored)
+        assert cfg.solver == solvers()[name] and cfg.solver.weights_per_codebook == stored["solver"]["group_size"]
+    new = GPTVQConfig(weights_per_codebook=4096).to_dict()
+    assert "group_size" not in new and GPTVQConfig.from_dict(new) == GPTVQConfig(weights_per_codebook=4096)
+    assert GPTVQConfig.from_dict({"group_size": 512, "weights_per_codebook": 512}).weights_per_codebook == 512
+    with pytest.raises(ValueError, match="both group_size=512 .*weights_per_codebook=1024"):
+        GPTVQConfig.from_dict({"group_size": 512, "weights_per_codebook": 1024})
