@@ -11,9 +11,9 @@ scales         (out,)                        float
 bias           (out,) (only if bias=True)    float
 =============  ============================  =============================================
 
-Static metadata (``config()``): in_features, out_features, d, M, K, bits, tile_rows,
-tile_groups, bias. ``VQLinear(**config)`` builds an empty layer of the right shapes that
-``load_state_dict`` fills.
+Static metadata: ``layout``, the :class:`vq_kernels.layout.VQLayout` that the stored form
+(``QuantizedWeight.layout``) and the kernels read too; ``config()`` = its fields + bias.
+``VQLinear(**config)`` builds an empty layer of the right shapes that ``load_state_dict`` fills.
 
 The forward pass goes through :mod:`vq_kernels.ops` (Triton on CUDA, the CPU LUT path on CPU,
 the pure-torch reference otherwise). On CPU the layer caches the unpacked code indices the
@@ -45,7 +45,7 @@ class VQLinear(nn.Module):
         in_features, out_features: the dense weight is ``(out_features, in_features)``.
         d: vector length (``in_features % d == 0``).
         K: codewords per codebook; M: number of additive codebooks.
-        bits: packed code width (default ``ceil(log2 K)``).
+        bits: packed code width (default ``vq_kernels.packing.code_bits(K)``).
         tile_rows, tile_groups: codebook tiling (default: one global codebook).
         bias: whether the layer has a bias buffer.
         dtype: codebook and bias dtype; scale_dtype: scales dtype (default ``dtype``; float32 is
@@ -95,7 +95,10 @@ class VQLinear(nn.Module):
         self.register_buffer("codes", codes)
         self.register_buffer("codebooks", codebooks)
         self.register_buffer("scales", scales)
-        self.register_buffer("bias", bias)  # None: no bias (and no state_dict entry)
+        if bias is not None:
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = None  # a plain attribute: forward reads it without Module.__getattr__
         # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
         self.register_buffer("_cpu_index", None, persistent=False)
         self._cpu_plan: cpu.Plan | None = None  # index + float32 codebooks, checked once (eager CPU)
