@@ -27,13 +27,13 @@ from vq.weights.pipeline import block_hessians, block_inputs, run_block
 
 CANDIDATES = {
     "gptq 2-bit g128 act-order": GPTQConfig(bits=2, act_order=True),
-    "gptvq d=2 K=16 (2D, 2 bits)": GPTVQConfig(dim=2, index_bits=4, group_size=2048),
-    "gptvq d=3 K=64 (2 bits)": GPTVQConfig(dim=3, index_bits=6, group_size=8192),
+    "gptvq d=2 K=16 (2D, 2 bits)": GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=2048),
+    "gptvq d=3 K=64 (2 bits)": GPTVQConfig(dim=3, index_bits=6, weights_per_codebook=8192),
     "gptvq d=4 K=256 no update": GPTVQConfig(dim=4, index_bits=8, update_iters=0),
     "gptvq d=4 K=256 (2-bit preset)": GPTVQConfig(dim=4, index_bits=8),
     "gptq 3-bit g128 act-order": GPTQConfig(bits=3, act_order=True),
-    "gptvq d=2 K=64 (3 bits)": GPTVQConfig(dim=2, index_bits=6, group_size=4096),
-    "gptvq d=3 K=512 (3-bit preset)": GPTVQConfig(dim=3, index_bits=9, group_size=65536),
+    "gptvq d=2 K=64 (3 bits)": GPTVQConfig(dim=2, index_bits=6, weights_per_codebook=4096),
+    "gptvq d=3 K=512 (3-bit preset)": GPTVQConfig(dim=3, index_bits=9, weights_per_codebook=65536),
 }
 
 

@@ -65,7 +65,7 @@ def _make(torch, out, inp, d, m, k, tr, tg, dtype, device, gen):
     from vq_kernels.packing import pack_codes
 
     n_groups = inp // d
-    lay = VQLayout(out, inp, d, m, k, max(1, (k - 1).bit_length()), tr or out, tg or n_groups)
+    lay = VQLayout.make(out, inp, d=d, K=k, M=m, tile_rows=tr, tile_groups=tg)
     codes = torch.randint(0, k, (out, n_groups, m), generator=gen)
     cb = (torch.randn(lay.codebook_shape, generator=gen) * 0.05).to(dtype)
     sc = (torch.rand(out, generator=gen) + 0.5).to(dtype)
