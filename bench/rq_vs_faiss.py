@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from vq.codebook import AdditiveVQ, ResidualVQ
+from vq_tokenizers.data import builtin_images
 
 TRAIN_IMAGES = ("china", "astronaut", "camera", "coffee", "rocket", "brick", "grass", "moon", "coins")
 TEST_IMAGES = ("flower", "chelsea", "gravel", "immunohistochemistry")  # held out under --split images
@@ -68,20 +69,14 @@ class Experiment:
         return self.patch[0] * self.patch[1]
 
 
+#: rq_vs_faiss's image names -> vq_tokenizers.data.builtin_images names
+_BUILTIN = {"china": "sklearn_china", "flower": "sklearn_flower"}
+
+
 def _image(name: str) -> np.ndarray:
-    """One bundled photograph as a 2-d float array in [0, 1] (colour images -> luma)."""
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        img = load_sample_image(f"{name}.jpg")
-    else:
-        import skimage.data
-
-        img = getattr(skimage.data, name)()
-    img = np.asarray(img, dtype=np.float64)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.299, 0.587, 0.114])
-    return img / 255.0
+    """One bundled photograph as a 2-d float64 array in [0, 1]: the luma of its RGB."""
+    rgb = builtin_images([_BUILTIN.get(name, name)])[_BUILTIN.get(name, name)]  # (H, W, 3) float32
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
 
 
 def _patches(names: tuple[str, ...], patch: tuple[int, int]) -> np.ndarray:
