@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from vq.codebook import AdditiveVQ, ResidualVQ
+from vq.codebook.metrics import mse
 from vq_tokenizers.data import builtin_images
 
 TRAIN_IMAGES = ("china", "astronaut", "camera", "coffee", "rocket", "brick", "grass", "moon", "coins")
@@ -108,10 +109,6 @@ def load_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
     return norm(train), norm(test)
 
 
-def _mse(x: torch.Tensor, xhat: torch.Tensor) -> float:
-    return float(((x.double() - xhat.double()) ** 2).mean())
-
-
 def _timed(fn):
     t = time.perf_counter()
     out = fn()
@@ -121,14 +118,14 @@ def _timed(fn):
 def run_ours(codec, train: torch.Tensor, test: torch.Tensor, **encode_kw) -> dict:
     _, fit_s = _timed(lambda: codec.fit(train))
     codes, enc_s = _timed(lambda: codec.encode(test, **encode_kw))
-    return {"mse": _mse(test, codec.decode(codes)), "fit_s": fit_s, "encode_s": enc_s}
+    return {"mse": mse(test, codec.decode(codes)), "fit_s": fit_s, "encode_s": enc_s}
 
 
 def run_faiss(quantizer, train: torch.Tensor, test: torch.Tensor) -> dict:
     xtr, xte = train.numpy(), test.numpy()
     _, fit_s = _timed(lambda: quantizer.train(xtr))
     codes, enc_s = _timed(lambda: quantizer.compute_codes(xte))
-    return {"mse": _mse(test, torch.from_numpy(quantizer.decode(codes))), "fit_s": fit_s, "encode_s": enc_s}
+    return {"mse": mse(test, torch.from_numpy(quantizer.decode(codes))), "fit_s": fit_s, "encode_s": enc_s}
 
 
 def main(argv: list[str] | None = None) -> dict:
