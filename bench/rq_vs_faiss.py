@@ -5,7 +5,7 @@ scikit-image's bundled photographs, normalised with the training mean and std. `
 (default) draws disjoint train and held-out patches from all images; ``--split images`` takes
 held-out patches from images never seen in training (adds a distribution shift).
 
-Pairs, all at M codebooks of ``nbits`` bits (M * nbits bits per vector), measured in one run:
+Pairs, all at M codebooks of ``index_bits`` bits (M * index_bits bits per vector), measured in one run:
 
 * ``vq.ResidualVQ`` greedy             vs ``faiss.ResidualQuantizer`` with max_beam_size = 1
 * ``vq.ResidualVQ`` beam B             vs ``faiss.ResidualQuantizer`` with max_beam_size = B
@@ -43,7 +43,7 @@ SPLITS = ("random", "images")
 class Experiment:
     patch: tuple[int, int] = (2, 4)
     M: int = 2
-    nbits: int = 8
+    index_bits: int = 8
     n_train: int = 50_000
     n_test: int = 20_000
     beam: int = 5
@@ -57,13 +57,13 @@ class Experiment:
     def __post_init__(self) -> None:
         if len(self.patch) != 2 or min(self.patch) < 1:
             raise ValueError(f"patch must be two positive ints, got {self.patch}")
-        for name in ("M", "nbits", "n_train", "n_test", "beam", "threads"):
+        for name in ("M", "index_bits", "n_train", "n_test", "beam", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        if self.nbits > 12:
-            raise ValueError(f"nbits must be <= 12, got {self.nbits}")
+        if self.index_bits > 12:
+            raise ValueError(f"index_bits must be <= 12, got {self.index_bits}")
 
     @property
     def dim(self) -> int:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Experiment()
     ap.add_argument("--patch", type=int, nargs=2, default=list(d.patch))
-    for name in ("M", "nbits", "n_train", "n_test", "beam", "kmeans_niter", "aq_niter", "lsq_train_iters", "threads", "seed"):
+    for name in ("M", "index_bits", "n_train", "n_test", "beam", "kmeans_niter", "aq_niter", "lsq_train_iters", "threads", "seed"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(d, name))
     ap.add_argument("--split", choices=SPLITS, default=d.split)
     args = vars(ap.parse_args(argv))
@@ -143,17 +143,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(exp.threads)
     faiss.omp_set_num_threads(exp.threads)
     train, test = load_data(exp)
-    k, dim = 2**exp.nbits, exp.dim
+    k, dim = 2**exp.index_bits, exp.dim
     print(f"data: {len(train)} train / {len(test)} held-out {exp.patch[0]}x{exp.patch[1]} patches (d={dim}); "
-          f"M={exp.M} x {exp.nbits} bits = {exp.M * exp.nbits} bits/vector; threads={exp.threads}")
+          f"M={exp.M} x {exp.index_bits} bits = {exp.M * exp.index_bits} bits/vector; threads={exp.threads}")
 
     def faiss_rq(beam: int):
-        rq = faiss.ResidualQuantizer(dim, exp.M, exp.nbits)
+        rq = faiss.ResidualQuantizer(dim, exp.M, exp.index_bits)  # faiss: (d, M, nbits)
         rq.max_beam_size = beam
         rq.cp.niter = exp.kmeans_niter
         return rq
 
-    lsq = faiss.LocalSearchQuantizer(dim, exp.M, exp.nbits)
+    lsq = faiss.LocalSearchQuantizer(dim, exp.M, exp.index_bits)  # faiss: (d, M, nbits)
     lsq.train_iters = exp.lsq_train_iters
     faiss_beam = run_faiss(faiss_rq(exp.beam), train, test)
     rows = {

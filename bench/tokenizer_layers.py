@@ -250,7 +250,7 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
 
 def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor, k: int, device: str,
              pool: torch.Tensor | None = None) -> dict:
-    """Held-out MSE (per pixel), min-over-levels used fraction and usage perplexity on ``held``;
+    """Held-out MSE (per pixel), min-over-stages used fraction and usage perplexity on ``held``;
     with ``pool``, also the MSE on all of it (``pool_mse``: 754 017 patches, a finer estimate)."""
     err, codes = 0.0, []
     with torch.no_grad():
@@ -263,7 +263,7 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
     m = codes.shape[1]
     used = [used_fraction(codes[:, j], k) for j in range(m)]
     ppl = [usage_perplexity(codes[:, j], k) for j in range(m)]
-    out = {"levels": m, "heldout_mse": err / held.numel(), "heldout_used_fraction": min(used),
+    out = {"stages": m, "heldout_mse": err / held.numel(), "heldout_used_fraction": min(used),
            "heldout_perplexity": min(ppl)}  # fmt: skip
     if pool is not None:
         with torch.no_grad():
@@ -300,7 +300,7 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     idx, rec = quantize(h)
     codes = torch.from_numpy(idx.astype(np.int64))
     out = {
-        "K": k, "method": "faiss_pca_kmeans", "levels": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
+        "K": k, "method": "faiss_pca_kmeans", "stages": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
         "heldout_used_fraction": used_fraction(codes, k), "heldout_perplexity": usage_perplexity(codes, k),
         "train_points": int(feats.shape[0]), "fit_s": secs,
     }  # fmt: skip
