@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq.codebook.checks import check_codes, check_vectors, check_weights, require_int
+from vq.codebook.checks import check_codes, check_vectors, check_weights, require_int, require_number
 from vq.codebook.protocol import Codec, register_codec
 
 __all__ = [
@@ -111,11 +111,7 @@ class E8:
     dim = 8
 
     def __init__(self, scale: float = 1.0):
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be finite and > 0, got {scale}")
-        self.scale = float(scale)
+        self.scale = require_number("scale", scale, 0.0, low_open=True)
 
     def nearest(self, x: Tensor) -> Tensor:
         """x (n, 8) float -> nearest points of ``scale * E8``, (n, 8), dtype of x (float64 kept,
@@ -268,11 +264,7 @@ class E8P(Codec):
     dim = 8
 
     def __init__(self, niter: int = 10):
-        if isinstance(niter, bool) or not isinstance(niter, int):
-            raise TypeError(f"niter must be an int, got {type(niter).__name__}")
-        if niter < 0:
-            raise ValueError(f"niter must be >= 0, got {niter}")
-        self.niter = niter
+        self.niter = require_int("niter", niter, 0)
         self.scale = torch.ones(1, dtype=torch.float32)
 
     def fit(self, x: Tensor, weights: Tensor | None = None) -> "E8P":
