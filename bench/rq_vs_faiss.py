@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +32,8 @@ import torch
 from vq.codebook import AdditiveVQ, ResidualVQ
 from vq.codebook.metrics import mse
 from vq_tokenizers.data import builtin_images
+
+from _timing import timed
 
 TRAIN_IMAGES = ("china", "astronaut", "camera", "coffee", "rocket", "brick", "grass", "moon", "coins")
 TEST_IMAGES = ("flower", "chelsea", "gravel", "immunohistochemistry")  # held out under --split images
@@ -109,22 +110,16 @@ def load_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
     return norm(train), norm(test)
 
 
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
-
-
 def run_ours(codec, train: torch.Tensor, test: torch.Tensor, **encode_kw) -> dict:
-    _, fit_s = _timed(lambda: codec.fit(train))
-    codes, enc_s = _timed(lambda: codec.encode(test, **encode_kw))
+    fit_s, _ = timed(lambda: codec.fit(train))
+    enc_s, codes = timed(lambda: codec.encode(test, **encode_kw))
     return {"mse": mse(test, codec.decode(codes)), "fit_s": fit_s, "encode_s": enc_s}
 
 
 def run_faiss(quantizer, train: torch.Tensor, test: torch.Tensor) -> dict:
     xtr, xte = train.numpy(), test.numpy()
-    _, fit_s = _timed(lambda: quantizer.train(xtr))
-    codes, enc_s = _timed(lambda: quantizer.compute_codes(xte))
+    fit_s, _ = timed(lambda: quantizer.train(xtr))
+    enc_s, codes = timed(lambda: quantizer.compute_codes(xte))
     return {"mse": mse(test, torch.from_numpy(quantizer.decode(codes))), "fit_s": fit_s, "encode_s": enc_s}
 
 
