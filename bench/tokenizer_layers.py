@@ -24,7 +24,7 @@ holding >= half a uniform share whose split saves more than their removal costs,
 ``refine_codebook(split, split_share)``), a post-hoc
 step like the k-means baseline's, which samples its points from the same stride-1 set. Each
 ``+refine`` row is followed by a ``+refine+dec`` row: the same partition, with a copy of the
-decoder refitted to it (encoder and codebook frozen, ``--decoder-refit-steps`` full-batch Adam
+decoder refitted to it (``vq_tokenizers.posthoc.refit_decoder``: encoder and codebook frozen, ``--decoder-refit-steps`` full-batch Adam
 steps on the count-weighted cell means; the used fraction cannot change).
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
     python bench/tokenizer_layers.py --ks 65536 --methods ours_vq --refine-split-share 0.7 1  # one row per share
