@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from _report import print_result
 from _timing import race
 
 log = logging.getLogger("bench.e2e_cpu")
@@ -96,11 +95,10 @@ def main() -> None:
     same = float((out_vq[0, a.prompt_len:] == out_dense[0, a.prompt_len:]).float().mean())
     log.info("%d VQLinear layers: %.1f tok/s vs fp32 %.1f tok/s (%.2fx); same greedy tokens: %.0f%%",
              n_vq, tps_vq, tps_dense, tps_vq / tps_dense, 100 * same)
-    print(json.dumps(dict(
+    print_result(dict(
         compressed=str(a.compressed or f"{a.quantize} ({a.layout}, in-memory k-means)"), vq_layers=n_vq, tokens=a.tokens, threads=a.threads,
         vq_tok_s=tps_vq, fp32_tok_s=tps_dense, speedup=tps_vq / tps_dense, same_tokens_frac=same,
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    )))
+    ))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 log = logging.getLogger("bench.lut_gpu")
 

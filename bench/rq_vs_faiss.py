@@ -22,8 +22,6 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +31,7 @@ from vq.codebook import AdditiveVQ, ResidualVQ
 from vq.codebook.metrics import mse
 from vq_tokenizers.data import builtin_images
 
+from _report import print_result
 from _timing import timed
 
 TRAIN_IMAGES = ("china", "astronaut", "camera", "coffee", "rocket", "brick", "grass", "moon", "coins")
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"| ours | peer | ours MSE/dim | peer MSE/dim | MSE ratio | ours fit s | peer fit s | fit ratio | encode ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    result = {"experiment": {**asdict(exp), "dim": dim}, "machine": platform.machine(), "rows": {}}
+    result = {"experiment": {**asdict(exp), "dim": dim}, "rows": {}}
     for key, (ours, peer, peer_name) in rows.items():
         r = {
             "ours": ours, "peer": peer, "peer_name": peer_name,
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["rows"][key] = r
         print(f"| {names[key]} | {peer_name} | {ours['mse']:.5f} | {peer['mse']:.5f} | {r['mse_ratio']:.3f} | "
               f"{ours['fit_s']:.1f} | {peer['fit_s']:.1f} | {r['fit_ratio']:.2f} | {r['encode_ratio']:.2f} |")
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

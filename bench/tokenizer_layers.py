@@ -52,6 +52,7 @@ from vq_tokenizers import FSQ, ResidualVQ, SimVQ, VectorQuantizer
 from vq_tokenizers.posthoc import refit_decoder
 
 from _patches import faiss_kmeans, pca_basis, split_patches
+from _report import print_result
 
 log = logging.getLogger("bench.tokenizer_layers")
 
@@ -386,7 +387,7 @@ def main() -> None:
         print(f"{r['K']:>6} {r['method']:<24} {r['heldout_mse']:>9.5f} {r['pool_mse']:>9.6f} {r['heldout_used_fraction']:>6.3f} "
               f"{r['heldout_perplexity']:>9.1f} {r.get('steps_per_s', math.nan):>8.2f} "
               f"{r.get('speed_vs_vqp_vq', math.nan):>8.2f} {r.get('peak_mem_mb', math.nan):>8.1f}")  # fmt: skip
-    print(json.dumps({"experiment": asdict(exp), "device": device, "torch_threads": torch.get_num_threads(), "rows": rows}))
+    print_result({"experiment": asdict(exp), "device": device, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from vq_tokenizers import VectorQuantizer
 
 from _patches import faiss_kmeans, pca_basis, split_patches
+from _report import print_result
 
 
 def nearest(centroids: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -88,7 +88,7 @@ def main() -> None:
         vq.refine_codebook(torch.from_numpy(ff), args.more, split, args.split_share)
         res[f"more_{args.more}_{name}"] = pca_mse(vq.codebook.detach().numpy())
         print(f"{args.niters[0]} iterations + {args.more} of {name}: {res[f'more_{args.more}_{name}']:.6f}", flush=True)
-    print(json.dumps(res))
+    print_result(res)
 
 
 if __name__ == "__main__":
