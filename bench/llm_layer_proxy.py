@@ -12,7 +12,6 @@ The last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +23,8 @@ from vq.weights.gptq import GPTQConfig, gptq_quantize
 from vq.weights.gptvq import GPTVQConfig, gptvq_quantize
 from vq.weights.hessian import proxy_loss
 from vq.weights.pipeline import block_hessians, block_inputs, run_block
+
+from _report import print_result
 
 CANDIDATES = {
     "gptq 2-bit g128 act-order": GPTQConfig(bits=2, act_order=True),
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "per_layer": dict(zip(linears, rel)), "seconds": time.perf_counter() - t0})
         print(f"{name:32s} {nbits / nw:6.3f} bits/w  mean rel. proxy loss {sum(rel) / len(rel):.4f}", flush=True)
     out = {"experiment": asdict(exp), "rows": rows}
-    print(json.dumps(out))
+    print_result(out)
     return out
 
 
