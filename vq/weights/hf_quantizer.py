@@ -94,6 +94,8 @@ class VQQuantizationConfig(QuantizationConfigMixin):
 
     def __init__(self, layers: dict[str, dict[str, Any]], format_version: int = 1,
                  quant_method: str = QUANT_METHOD, **kwargs: Any) -> None:
+        if quant_method != QUANT_METHOD:
+            raise ValueError(f"quant_method must be {QUANT_METHOD!r}, got {quant_method!r}")
         self.quant_method = QUANT_METHOD
         self.format_version = format_version
         self.layers = {name: dict(entry) for name, entry in layers.items()}
@@ -102,8 +104,6 @@ class VQQuantizationConfig(QuantizationConfigMixin):
         self.post_init()
 
     def post_init(self) -> None:
-        if quant_method_of(self) != QUANT_METHOD:
-            raise ValueError(f"quant_method must be {QUANT_METHOD!r}")
         if self.format_version != self.FORMAT_VERSION:
             raise ValueError(
                 f"vq quantization_config format_version {self.format_version} is not supported "
@@ -119,11 +119,6 @@ class VQQuantizationConfig(QuantizationConfigMixin):
             missing = [k for k in want if k not in entry]
             if missing:
                 raise ValueError(f"vq quantization_config: {name}: entry lacks {missing}")
-
-
-def quant_method_of(config: Any) -> str:
-    method = getattr(config, "quant_method", None)
-    return getattr(method, "value", method)
 
 
 # -- the quantizer -------------------------------------------------------------------------------
