@@ -324,6 +324,17 @@ def bits_report(layers: dict[str, QuantizedWeight]) -> dict[str, Any]:
 
 
 # -- the model directory -------------------------------------------------------------------------
+_HF_CODES = "weight"  # the packed codes' key suffix in model.safetensors (vq.weights.hf_quantizer.CODES_KEY)
+
+
+def _add_quantization_config(config_json: Path, layers: dict[str, QuantizedWeight], biases: set[str]) -> None:
+    from vq.weights.hf_quantizer import quantization_config
+
+    # dtype: what vq.load builds (the dense tensors are only stored in fp16), so from_pretrained's "auto" matches it
+    write_json(config_json, {**read_json(config_json), "dtype": "float32",
+                             "quantization_config": quantization_config(layers, biases)})
+
+
 _LAYER_TENSORS = frozenset(set(_VQ_TENSORS) | set(_VQ_CB16) | set(_VQ_CB8) | set(_UNIFORM_TENSORS))
 
 
@@ -351,7 +362,7 @@ def save(
     tensors: dict[str, Tensor] = {}
     for name, qw in layers.items():
         for k, v in qw.tensors.items():
-            tensors[f"{name}.{k}"] = v
+            tensors[f"{name}.{_HF_CODES if k == 'codes' else k}"] = v  # codes under .weight: hf_quantizer
     quantized_prefixes = tuple(n + "." for n in layers)
     dense: dict[str, list[Any]] = {}
     persistent = set(model.state_dict())
@@ -375,6 +386,7 @@ def save(
         **(extra or {}),
     })
     model.config.save_pretrained(str(tmp))
+    _add_quantization_config(tmp / "config.json", layers, {n for n in layers if n + ".bias" in tensors})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     replace_dir(tmp, out)
@@ -409,6 +421,8 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     for name, meta in layer_meta.items():
         own = {k[len(name) + 1 :]: tensors.pop(k) for k in list(tensors)
                if k.startswith(name + ".") and k[len(name) + 1 :] in _LAYER_TENSORS}
+        if name + "." + _HF_CODES in tensors:  # written since the transformers integration
+            own["codes"] = tensors.pop(name + "." + _HF_CODES)
         layers[name] = QuantizedWeight.from_stored(meta, own, name=name)
     dense_meta = cfg.get("dense", {})
     if set(tensors) != set(dense_meta):
@@ -448,4 +462,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     model.tie_weights()
     model.eval()
     model.requires_grad_(False)
+    from vq.weights.hf_quantizer import attach
+
+    attach(model)  # save_pretrained then writes what from_pretrained reads (also for pre-integration dirs)
     return model.to(device)
