@@ -26,7 +26,7 @@ from vq.weights.pipeline import CompressConfig, compress, method_config
 from .conftest import byte_tokenizer, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
-GPTVQ_TINY = GPTVQConfig(dim=2, index_bits=4, group_size=1024, block_cols=32, em_iters=2, update_iters=2)
+GPTVQ_TINY = GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=1024, block_cols=32, em_iters=2, update_iters=2)
 SOLVERS = {"rtn": method_config("rtn", 3, group_size=32), "gptvq": GPTVQ_TINY}
 
 
@@ -119,6 +119,24 @@ def test_save_pretrained_round_trip(vq_dir, tmp_path):
     _assert_same_model(first, again)
     again.save_pretrained(tmp_path / "b")  # and once more: the module form reads back as itself
     _assert_same_model(first, AutoModelForCausalLM.from_pretrained(tmp_path / "b"))
+
+
+def test_compressed_model_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(0)
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(tiny_config()).eval()
+    model.requires_grad_(False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = compress(model, CompressConfig(solver=SOLVERS["rtn"], batch_size=4, seed=1),
+                       torch.randint(0, 256, (8, 64)), progress=False)
+    finally:
+        torch.set_num_threads(n)
+    res.model.save_pretrained(tmp_path / "out")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    _assert_same_model(res.model, back)
 
 
 def test_vq_load_then_save_pretrained_round_trip(vq_dir, tmp_path):

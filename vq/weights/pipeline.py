@@ -373,6 +373,9 @@ def compress(
     report = bits_report(full)
     report["seconds"] = time.perf_counter() - t0
     report["config"] = config.to_dict()
+    from vq.weights.hf_quantizer import attach  # noqa: PLC0415 — transformers is imported by then
+
+    attach(model)  # model.save_pretrained(DIR) then writes what from_pretrained (after import vq) reads
     return CompressedModel(model, full, config, report)
 
 
