@@ -11,6 +11,7 @@
  * Ties resolve to the smallest index, like torch.argmin. Built by vq/codebook/_native.py.
  */
 #include <float.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -84,34 +85,75 @@ void vq_nearest(const float *x, const float *w, const float *ct, const float *ct
     }
 }
 
-/* One k-means++ step (Arthur & Vassilvitskii 2007), single-threaded:
- *   closest[i] = min(closest[i], sum_l w_il (x_il - c_l)^2)      (w = 1 when NULL)
- * and return sum_i closest[i] * roww[i] (roww = 1 when NULL), the D^2 sampling mass. */
-double vq_kpp_update(const float *x, const float *w, const float *c, const float *roww,
-                     float *closest, int64_t n, int64_t d) {
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * d;
-        float s = 0.0f;
-        if (w) {
-            const float *wi = w + i * d;
-            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += wi[l] * t * t; }
-        } else {
-            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += t * t; }
-        }
-        float v = s < closest[i] ? s : closest[i];
-        closest[i] = v;
-        total += roww ? (double)v * roww[i] : (double)v;
-    }
-    return total;
-}
+/* The whole k-means++ seeding loop (Arthur & Vassilvitskii 2007) over m points, in one call.
+ *
+ * xt: (d, mp) points, transposed, mp % VL == 0 (columns m..mp-1 are padding); wt: (d, mp)
+ * per-coordinate weights or NULL; roww: (mp) per-row mass weights or NULL (padding 0).
+ * closest: (mp) scratch, +inf for the real columns and 0 for the padding on entry; blocks:
+ * (mp / KPP_BLOCK) scratch. u: (k) uniforms in [0, 1). picked[0] is the first centre on entry;
+ * step j = 1..k-1 first lowers closest[i] = min(closest[i], sum_l w_il (x_il - c_l)^2) for the
+ * centre picked at j - 1, then draws picked[j] = smallest i whose cumulative mass
+ * sum closest * roww exceeds u[j] * total, through per-block sums (one pass over m/KPP_BLOCK
+ * sums plus one block, instead of a pass over m). When the mass is 0 (every point sits on a
+ * centre) picked[j] = floor(u[j] * m). Points run VL at a time along the columns. */
+#define KPP_BLOCK 256
 
-/* Smallest i with sum_{j <= i} closest[j] * roww[j] > target (the D^2 sample), or n - 1. */
-int64_t vq_kpp_sample(const float *closest, const float *roww, int64_t n, double target) {
-    double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        acc += roww ? (double)closest[i] * roww[i] : (double)closest[i];
-        if (acc > target) return i;
+void vq_kpp_seed(const float *xt, const float *wt, const float *roww, int64_t m, int64_t mp,
+                 int64_t d, int64_t k, const double *u, int64_t *picked, float *closest,
+                 double *blocks) {
+    float c[d];
+    int64_t nb = (mp + KPP_BLOCK - 1) / KPP_BLOCK;
+    for (int64_t j = 1; j < k; j++) {
+        for (int64_t l = 0; l < d; l++) c[l] = xt[l * mp + picked[j - 1]];
+        double total = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t e = (b + 1) * KPP_BLOCK < mp ? (b + 1) * KPP_BLOCK : mp;
+            vf acc = (vf){};
+            for (int64_t i = b * KPP_BLOCK; i < e; i += VL) {
+                vf s = (vf){};
+                if (wt) {
+                    for (int64_t l = 0; l < d; l++) {
+                        vf t = loadv(xt + l * mp + i) - c[l];
+                        s += loadv(wt + l * mp + i) * t * t;
+                    }
+                } else {
+                    for (int64_t l = 0; l < d; l++) {
+                        vf t = loadv(xt + l * mp + i) - c[l];
+                        s += t * t;
+                    }
+                }
+                vf old = loadv(closest + i);
+                vi lt = s < old;
+                vf v = (vf)(((vi)s & lt) | ((vi)old & ~lt));
+                memcpy(closest + i, &v, sizeof v);
+                acc += roww ? v * loadv(roww + i) : v;
+            }
+            double bs = 0.0;
+            for (int t = 0; t < VL; t++) bs += acc[t];
+            blocks[b] = bs;
+            total += bs;
+        }
+        if (!(total > 0.0) || !isfinite(total)) {
+            int64_t i = (int64_t)(u[j] * (double)m);
+            picked[j] = i < m ? i : m - 1;
+            continue;
+        }
+        double target = u[j] * total, run = 0.0;
+        int64_t b = 0;
+        while (b < nb - 1 && run + blocks[b] <= target) run += blocks[b++];
+        /* inside block b: the running sum in double; rounding against the block's float-lane
+         * sum can leave target unreached, then the block's last point with mass is taken */
+        int64_t s0 = b * KPP_BLOCK, e = (b + 1) * KPP_BLOCK < m ? (b + 1) * KPP_BLOCK : m, pick = -1;
+        for (int64_t i = s0; i < e; i++) {
+            double v = roww ? (double)closest[i] * roww[i] : (double)closest[i];
+            if (v > 0.0) pick = i;
+            run += v;
+            if (run > target && v > 0.0) break;
+        }
+        if (pick < 0) { /* rounding put target past a block of zero mass: first point with mass */
+            for (int64_t i = 0; i < m && pick < 0; i++)
+                if ((roww ? (double)closest[i] * roww[i] : (double)closest[i]) > 0.0) pick = i;
+        }
+        picked[j] = pick;
     }
-    return n - 1;
 }
