@@ -9,14 +9,17 @@ from vq.codebook import kmeans as km_mod
 from vq.codebook.kmeans import _TorchD2, kmeans_plusplus
 
 
-@pytest.fixture(params=["native", "torch"])
+@pytest.fixture(params=["native", "native-kd", "torch", "torch-kd"])
 def seeder(request, monkeypatch):
-    """Run a test on both seeders: the C loop and the torch steps."""
-    if request.param == "native":
+    """Run a test on both seeders, the C loop and the torch steps, each on the candidates in
+    their own order and in k-d order (KPP_WORK = 0 orders every seeding)."""
+    if request.param.startswith("native") or request.param.endswith("kd"):
         if not _native.available():
             pytest.skip("no C compiler: native kernel unavailable")
-    else:
+    if request.param.startswith("torch"):
         monkeypatch.setattr(_native.NativeD2, "create", classmethod(lambda *a, **k: None))
+    if request.param.endswith("kd"):
+        monkeypatch.setattr(km_mod, "KPP_WORK", 0)
     return request.param
 
 
@@ -100,28 +103,77 @@ def test_deterministic_under_seed(kind, seeder):
 @pytest.mark.parametrize("kind", [None, "rows", "coords"])
 def test_d2_draw_matches_float64_inverse_cdf(kind, seeder):
     """Step 1 of the seeder picks the smallest i with cumsum(w_i D_i^2) > u * total, D^2 to the
-    first centre, over m = 1003 rows (several 256-row blocks and a padded tail)."""
+    first centre, over m = 1003 rows (several 256-row blocks and a padded tail), in random row
+    order and in k-d order (where the C seeder skips leaves)."""
     g = torch.Generator().manual_seed(5)
     m, d = 1003, 6
     x = torch.randn(m, d, generator=g)
     w = None if kind is None else (torch.rand(m, generator=g) if kind == "rows" else torch.rand(m, d, generator=g))
     w_coord = w if kind == "coords" else None
     w_mass = w if kind == "rows" else None
-    d2_ref = (((x.double() - x[7].double()) ** 2) * (1.0 if w_coord is None else w_coord.double())).sum(1)
-    mass = d2_ref * (1.0 if w_mass is None else w_mass.double())
-    cdf = mass.cumsum(0)
-    u = torch.rand(200, generator=g, dtype=torch.float64)
-    ref = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_max(m - 1)
+    order = _native.kd_order(x)
+    for perm in [torch.arange(m)] + ([] if order is None else [order]):
+        xp = x[perm]
+        wc = None if w_coord is None else w_coord[perm]
+        wm = None if w_mass is None else w_mass[perm]
+        first = int(torch.nonzero(perm == 7)[0, 0])
+        d2_ref = (((xp.double() - xp[first].double()) ** 2) * (1.0 if wc is None else wc.double())).sum(1)
+        cdf = (d2_ref * (1.0 if wm is None else wm.double())).cumsum(0)
+        u = torch.rand(200, generator=g, dtype=torch.float64)
+        ref = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_max(m - 1)
+        seeder_obj = _native.NativeD2.create(xp, wc, wm) or _TorchD2(xp, wc, wm)
+        zero = torch.zeros((), dtype=torch.float64)
+        got = torch.stack([seeder_obj.seed(first, torch.stack([zero, ui]))[1] for ui in u])
+        assert (got == ref).float().mean() >= 0.99  # a float32 D^2 may flip a draw on a boundary
+        assert bool((got != first).all())
+
+
+@pytest.mark.parametrize("kind", [None, "rows", "coords"])
+def test_every_step_matches_float64_oracle_in_kd_order(kind, seeder):
+    """All k steps over k-d ordered rows (where the C seeder skips far leaves): each pick is the
+    float64 inverse-CDF draw given the picks before it."""
+    g = torch.Generator().manual_seed(13)
+    x = _mixture(n=3001, d=3, centers=30, seed=13)
+    x = x[_native.kd_order(x)] if _native.available() else x
+    w = None if kind is None else (torch.rand(3001, generator=g) if kind == "rows" else torch.rand(3001, 3, generator=g))
+    w_coord = w if kind == "coords" else None
+    w_mass = w if kind == "rows" else None
+    u = torch.rand(60, generator=g, dtype=torch.float64)
     seeder_obj = _native.NativeD2.create(x, w_coord, w_mass) or _TorchD2(x, w_coord, w_mass)
-    got = torch.stack([seeder_obj.seed(7, torch.stack([torch.zeros((), dtype=torch.float64), ui]))[1] for ui in u])
-    assert (got == ref).float().mean() >= 0.99  # a float32 D^2 may flip a draw that lands on a boundary
-    assert bool((got != 7).all())
+    got = seeder_obj.seed(5, u)
+    wc = torch.ones_like(x, dtype=torch.float64) if w_coord is None else w_coord.double()
+    closest = torch.full((3001,), math.inf, dtype=torch.float64)
+    agree = 0
+    for j in range(1, 60):
+        closest = torch.minimum(closest, (wc * (x.double() - x[got[j - 1]].double()) ** 2).sum(1))
+        cdf = (closest * (1.0 if w_mass is None else w_mass.double())).cumsum(0)
+        ref = int(torch.searchsorted(cdf, u[j] * cdf[-1], right=True).clamp_max(3000))
+        agree += int(ref == int(got[j]))
+    assert agree >= 57  # a float32 D^2 may flip a draw that lands on a boundary
+    assert torch.unique(got).numel() == 60
+
+
+def test_kd_order_is_a_permutation_into_compact_leaves():
+    if not _native.available():
+        pytest.skip("no C compiler: native kernel unavailable")
+    x = _mixture(n=4099, d=3, seed=12)
+    order = _native.kd_order(x)
+    assert torch.equal(order.sort().values, torch.arange(4099))
+    leaves = x[order[:4096]].reshape(256, 16, 3)  # (leaves, VL, d)
+    spread = (leaves.amax(1) - leaves.amin(1)).sum(-1).mean()  # mean box size of a 16-row leaf
+    rand = x[:4096].reshape(256, 16, 3)
+    assert spread < 0.2 * (rand.amax(1) - rand.amin(1)).sum(-1).mean()
+    dup = torch.zeros(100, 2)  # identical rows: no split, still a permutation
+    assert torch.equal(_native.kd_order(dup).sort().values, torch.arange(100))
+
+
 
 
 def test_native_and_torch_seeders_agree():
     if not _native.available():
         pytest.skip("no C compiler: native kernel unavailable")
     x = _mixture(n=6000, d=5, seed=6)
+    x = x[_native.kd_order(x)]  # the order kmeans_plusplus hands both seeders
     g = torch.Generator().manual_seed(6)
     for w in (None, torch.rand(6000, generator=g), torch.rand(6000, 5, generator=g)):
         w_coord = w if (w is not None and w.dim() == 2) else None

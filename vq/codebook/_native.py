@@ -22,14 +22,14 @@ import torch
 from torch import Tensor
 from vq_kernels.native import load_library
 
-__all__ = ["nearest", "available", "NativeD2"]
+__all__ = ["nearest", "available", "kd_order", "NativeD2"]
 
 _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
 _MIN_ROWS_PER_THREAD = 2048
 _VL = 16  # vector width of csrc/nearest.c (VL)
 _PAD_NORM = 1e30
-_KPP_BLOCK = 256  # rows per partial sum in csrc/nearest.c (KPP_BLOCK)
+_KPP_BLOCK = _VL * _VL  # rows per block of 16 leaves in csrc/nearest.c (KPP_BLOCK)
 
 
 @lru_cache(maxsize=None)
@@ -46,8 +46,10 @@ def _load() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.vq_nearest.argtypes = [p, p, p, p, p, i64, i64, i64, p, p]
     lib.vq_nearest.restype = None
-    lib.vq_kpp_seed.argtypes = [p, p, p, i64, i64, i64, i64, p, p, p, p]
-    lib.vq_kpp_seed.restype = None
+    lib.vq_kd_order.argtypes = [p, i64, i64, p]
+    lib.vq_kd_order.restype = None
+    lib.vq_kpp_seed.argtypes = [p, p, p, i64, i64, i64, i64, p, p]
+    lib.vq_kpp_seed.restype = ctypes.c_int
     return lib
 
 
@@ -100,20 +102,34 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     return idx, dist
 
 
+def kd_order(x: Tensor) -> Tensor | None:
+    """(m,) int64 permutation putting the rows of x (m, d) in k-d order (recursive median splits
+    on the widest coordinate down to VL-row leaves, each spatially compact), or ``None`` when
+    the kernel is unavailable. Any device (ordered on a CPU copy); O(m d log m)."""
+    lib = _load()
+    if lib is None:
+        return None
+    x = x.detach().float().cpu().contiguous()
+    order = torch.arange(x.shape[0], dtype=torch.int64)
+    lib.vq_kd_order(x.data_ptr(), x.shape[0], x.shape[1], order.data_ptr())
+    return order
+
+
 class NativeD2:
     """k-means++ seeding in C (same interface as ``kmeans._TorchD2``): the whole loop in one call.
 
-    Each of the k sequential D^2-sampling steps touches all m rows with a handful of operations.
-    As torch ops every step pays several dispatches and thread wake-ups (k = 4096 seeding of 2e5
-    points took 130 s on a busy 2-core machine); one C call per step still paid ctypes and Python
-    per step and a scalar pass. Here ``vq_kpp_seed`` runs all k steps, VL rows at a time over a
-    transposed copy, and draws each sample through per-block sums instead of a pass over m.
+    Each of the k sequential D^2-sampling steps would touch all m rows. As torch ops every step
+    pays several dispatches and thread wake-ups (k = 4096 seeding of 2e5 points took 130 s on a
+    busy 2-core machine); one C pass per step still paid ctypes and Python per step. Here
+    ``vq_kpp_seed`` runs all k steps, VL rows at a time, skipping every VL-row leaf whose
+    bounding box is too far from the new centre to lower any of its distances (see
+    ``csrc/nearest.c``); that pays off when the rows come in :func:`kd_order`.
     """
 
     def __init__(self, lib: ctypes.CDLL, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None):
         self.lib = lib
         m, d = x.shape
-        self.m, self.mp = m, -(-m // _VL) * _VL
+        self.m, self.mp = m, -(-m // _KPP_BLOCK) * _KPP_BLOCK
         self.xt = torch.zeros(d, self.mp)  # (d, mp) transposed, zero-padded rows
         self.xt[:, :m] = x.float().T
         self.wt = None
@@ -132,16 +148,15 @@ class NativeD2:
         return None if lib is None or x.device.type != "cpu" else cls(lib, x, w_coord, w_mass)
 
     def seed(self, first: int, u: Tensor) -> Tensor:
-        """k-means++ picks (k,) int64 row indices, starting at ``first``; step j >= 1 draws with
-        the uniform ``u[j]`` (``u``: (k,) float64 in [0, 1))."""
+        """k-means++ picks (k,) int64 row indices of ``x``, starting at row ``first``; step
+        j >= 1 draws with the uniform ``u[j]`` (``u``: (k,) float64 in [0, 1)). Zero mass:
+        row floor(u[j] * m)."""
         k = u.numel()
         u = u.double().contiguous()
-        picked = torch.empty(k, dtype=torch.int64)
+        picked = torch.empty(k, dtype=torch.int64)  # (k,)
         picked[0] = first
-        closest = torch.zeros(self.mp)  # (mp,) running D^2; padding starts (and stays) at 0
-        closest[: self.m] = math.inf
-        blocks = torch.empty(-(-self.mp // _KPP_BLOCK), dtype=torch.float64)
-        self.lib.vq_kpp_seed(self.xt.data_ptr(), _ptr(self.wt), _ptr(self.roww), self.m, self.mp,
-                             self.xt.shape[0], k, u.data_ptr(), picked.data_ptr(), closest.data_ptr(),
-                             blocks.data_ptr())
+        status = self.lib.vq_kpp_seed(self.xt.data_ptr(), _ptr(self.wt), _ptr(self.roww), self.m, self.mp,
+                                      self.xt.shape[0], k, u.data_ptr(), picked.data_ptr())
+        if status != 0:
+            raise MemoryError(f"k-means++ seeding: no scratch memory for {self.m} rows")
         return picked

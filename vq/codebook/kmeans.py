@@ -204,7 +204,8 @@ class _TorchD2:
 #: (20 iterations, MSE relative to faiss's random init, exact k-means++ in brackets):
 #: 8 rows per centre gave 0.787 at 2e5 x 8, k = 4096 (0.770; 4 rows: 0.819, 2 rows: 0.897),
 #: 0.943 at 1e6 x 4, k = 256 (0.947) and 0.965 at 1e5 x 64, k = 1024 (0.967), seeding in
-#: 0.05-0.2 s where exact took 0.25-1.4 s. KPP_WORK (row-steps x d) keeps small problems exact.
+#: 0.05-0.2 s where exact took 0.25-1.4 s (before the k-d leaf skipping, which makes the
+#: sampled seeding 2-5x faster again). KPP_WORK (rows x k x d) keeps small problems exact.
 KPP_ROWS_PER_CENTRE = 8
 KPP_WORK = 2**27
 
@@ -233,8 +234,11 @@ def kmeans_plusplus(
     sampled row is picked in proportion to its D^2 mass. Per-coordinate weights weigh the
     distance; per-sample weights weigh the sampling mass; the first centre is drawn in
     proportion to the row weight (its mean over coordinates). Deterministic under
-    ``generator``: one permutation (when sampling), then k uniforms. On the CPU the whole loop
-    is one C call (:class:`vq.codebook._native.NativeD2`),
+    ``generator``: one permutation (when sampling), then k uniforms. When the k steps cost more
+    than ``KPP_WORK`` (m k d) and the native kernel is there, the candidates are put in k-d
+    order first (:func:`vq.codebook._native.kd_order`, on any device), the order in which the
+    draws invert the D^2 CDF. On the CPU the whole loop is one C call that skips groups of rows
+    far from each new centre (:class:`vq.codebook._native.NativeD2`),
     elsewhere torch ops per step (:class:`_TorchD2`).
     """
     x = check_vectors(x)
@@ -252,6 +256,12 @@ def kmeans_plusplus(
     if m < n_cand:
         pick = torch.randperm(n_cand, generator=generator)[:m].to(x.device)
         cand = pick if cand is None else cand[pick]
+    # k-d order (spatially compact runs of rows, which the C seeder skips when far from a new
+    # centre) where the k steps are costly; small problems keep the candidates' own order
+    order = _native.kd_order(x if cand is None else x[cand]) if m * k * x.shape[1] > KPP_WORK else None
+    if order is not None:  # (m,)
+        order = order.to(x.device)
+        cand = order if cand is None else cand[order]
     xs = x if cand is None else x[cand]  # (m, d)
     ws = None if w is None else (w if cand is None else w[cand])  # (m,) or (m, d)
     u = torch.rand(k, generator=generator, dtype=torch.float64)  # (k,)
