@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from _report import print_result
+from _timing import race
 
 log = logging.getLogger("bench.e2e_cpu")
 
@@ -88,23 +89,16 @@ def main() -> None:
     vocab = model.config.vocab_size
     ids = torch.randint(1, vocab, (1, a.prompt_len), generator=torch.Generator().manual_seed(0))
     out_vq, out_dense = _generate(model, ids, a.tokens), _generate(dense, ids, a.tokens)  # warm-up
-    t_vq, t_dense = [], []
-    for _ in range(a.rounds):
-        t0 = time.perf_counter()
-        _generate(model, ids, a.tokens)
-        t_vq.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        _generate(dense, ids, a.tokens)
-        t_dense.append(time.perf_counter() - t0)
+    t_vq, t_dense = race(lambda: _generate(model, ids, a.tokens), lambda: _generate(dense, ids, a.tokens),
+                         a.rounds, warmup=0)
     tps_vq, tps_dense = a.tokens / statistics.median(t_vq), a.tokens / statistics.median(t_dense)
     same = float((out_vq[0, a.prompt_len:] == out_dense[0, a.prompt_len:]).float().mean())
     log.info("%d VQLinear layers: %.1f tok/s vs fp32 %.1f tok/s (%.2fx); same greedy tokens: %.0f%%",
              n_vq, tps_vq, tps_dense, tps_vq / tps_dense, 100 * same)
-    print(json.dumps(dict(
+    print_result(dict(
         compressed=str(a.compressed or f"{a.quantize} ({a.layout}, in-memory k-means)"), vq_layers=n_vq, tokens=a.tokens, threads=a.threads,
         vq_tok_s=tps_vq, fp32_tok_s=tps_dense, speedup=tps_vq / tps_dense, same_tokens_frac=same,
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    )))
+    ))
 
 
 if __name__ == "__main__":

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +22,8 @@ import torch
 
 from vq.weights import data, hf
 from vq.weights.pipeline import CompressConfig, compress, method_config
+
+from _report import print_result
 
 log = logging.getLogger("bench.llm_compress")
 
@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     for r in rows:
         print(f"{r['run']:22s} {r['bits_per_weight']:7.3f} {r['perplexity']:10.3f} "
               f"{r.get('ratio_vs_fp32', float('nan')):7.2f} {r['compress_s']:10.0f}")
-    result = {"experiment": asdict(exp), "machine": platform.platform(), "threads": torch.get_num_threads(),
-              "rows": rows}
-    print(json.dumps(result))
+    result = {"experiment": asdict(exp), "rows": rows}
+    print_result(result)
     return result
 
 

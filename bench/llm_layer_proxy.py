@@ -12,7 +12,6 @@ The last stdout line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,15 +24,17 @@ from vq.weights.gptvq import GPTVQConfig, gptvq_quantize
 from vq.weights.hessian import proxy_loss
 from vq.weights.pipeline import block_hessians, block_inputs, run_block
 
+from _report import print_result
+
 CANDIDATES = {
     "gptq 2-bit g128 act-order": GPTQConfig(bits=2, act_order=True),
-    "gptvq d=2 K=16 (2D, 2 bits)": GPTVQConfig(dim=2, index_bits=4, group_size=2048),
-    "gptvq d=3 K=64 (2 bits)": GPTVQConfig(dim=3, index_bits=6, group_size=8192),
+    "gptvq d=2 K=16 (2D, 2 bits)": GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=2048),
+    "gptvq d=3 K=64 (2 bits)": GPTVQConfig(dim=3, index_bits=6, weights_per_codebook=8192),
     "gptvq d=4 K=256 no update": GPTVQConfig(dim=4, index_bits=8, update_iters=0),
     "gptvq d=4 K=256 (2-bit preset)": GPTVQConfig(dim=4, index_bits=8),
     "gptq 3-bit g128 act-order": GPTQConfig(bits=3, act_order=True),
-    "gptvq d=2 K=64 (3 bits)": GPTVQConfig(dim=2, index_bits=6, group_size=4096),
-    "gptvq d=3 K=512 (3-bit preset)": GPTVQConfig(dim=3, index_bits=9, group_size=65536),
+    "gptvq d=2 K=64 (3 bits)": GPTVQConfig(dim=2, index_bits=6, weights_per_codebook=4096),
+    "gptvq d=3 K=512 (3-bit preset)": GPTVQConfig(dim=3, index_bits=9, weights_per_codebook=65536),
 }
 
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "per_layer": dict(zip(linears, rel)), "seconds": time.perf_counter() - t0})
         print(f"{name:32s} {nbits / nw:6.3f} bits/w  mean rel. proxy loss {sum(rel) / len(rel):.4f}", flush=True)
     out = {"experiment": asdict(exp), "rows": rows}
-    print(json.dumps(out))
+    print_result(out)
     return out
 
 

@@ -13,17 +13,18 @@
     python bench/lut_gpu.py            # on a CUDA machine (see bench/gpu_check.sh)
     python bench/lut_gpu.py --dry-run  # CPU, TRITON_INTERPRET=1, tiny shapes: checks only
 
-Imports only torch, triton and vq_kernels. Last line: one JSON object with every figure.
+Imports only torch, triton, vq_kernels and bench/_report.py. Last line: one JSON object with every figure.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from _report import print_result
 
 log = logging.getLogger("bench.lut_gpu")
 
@@ -65,7 +66,7 @@ def _make(torch, out, inp, d, m, k, tr, tg, dtype, device, gen):
     from vq_kernels.packing import pack_codes
 
     n_groups = inp // d
-    lay = VQLayout(out, inp, d, m, k, max(1, (k - 1).bit_length()), tr or out, tg or n_groups)
+    lay = VQLayout.make(out, inp, d=d, K=k, M=m, tile_rows=tr, tile_groups=tg)
     codes = torch.randint(0, k, (out, n_groups, m), generator=gen)
     cb = (torch.randn(lay.codebook_shape, generator=gen) * 0.05).to(dtype)
     sc = (torch.rand(out, generator=gen) + 0.5).to(dtype)
@@ -193,7 +194,7 @@ def main() -> None:
     import torch
 
     t0 = time.time()
-    res: dict = dict(dry_run=a.dry_run, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__)
+    res: dict = dict(dry_run=a.dry_run)
     if a.dry_run:
         res["checks"] = check(torch, "cpu", CHECKS)
         tiny = Experiment(shapes=((48, 64),), batches=(1, 17), layouts=("2x8",), l2_bytes=1 << 12)
@@ -208,7 +209,7 @@ def main() -> None:
         res["checks"] = check(torch, "cuda", CHECKS + CHECKS_GPU)
         res["timing"] = timing(torch, Experiment())
     res["seconds"] = time.time() - t0
-    print(json.dumps(res))
+    print_result(res)  # + "run": date, machine, torch, commit
 
 
 if __name__ == "__main__":

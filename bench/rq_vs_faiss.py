@@ -5,7 +5,7 @@ scikit-image's bundled photographs, normalised with the training mean and std. `
 (default) draws disjoint train and held-out patches from all images; ``--split images`` takes
 held-out patches from images never seen in training (adds a distribution shift).
 
-Pairs, all at M codebooks of ``nbits`` bits (M * nbits bits per vector), measured in one run:
+Pairs, all at M codebooks of ``index_bits`` bits (M * index_bits bits per vector), measured in one run:
 
 * ``vq.ResidualVQ`` greedy             vs ``faiss.ResidualQuantizer`` with max_beam_size = 1
 * ``vq.ResidualVQ`` beam B             vs ``faiss.ResidualQuantizer`` with max_beam_size = B
@@ -22,15 +22,17 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from vq.codebook import AdditiveVQ, ResidualVQ
+from vq.codebook.metrics import mse
+from vq_tokenizers.data import builtin_images
+
+from _report import print_result
+from _timing import timed
 
 TRAIN_IMAGES = ("china", "astronaut", "camera", "coffee", "rocket", "brick", "grass", "moon", "coins")
 TEST_IMAGES = ("flower", "chelsea", "gravel", "immunohistochemistry")  # held out under --split images
@@ -41,7 +43,7 @@ SPLITS = ("random", "images")
 class Experiment:
     patch: tuple[int, int] = (2, 4)
     M: int = 2
-    nbits: int = 8
+    index_bits: int = 8
     n_train: int = 50_000
     n_test: int = 20_000
     beam: int = 5
@@ -55,33 +57,27 @@ class Experiment:
     def __post_init__(self) -> None:
         if len(self.patch) != 2 or min(self.patch) < 1:
             raise ValueError(f"patch must be two positive ints, got {self.patch}")
-        for name in ("M", "nbits", "n_train", "n_test", "beam", "threads"):
+        for name in ("M", "index_bits", "n_train", "n_test", "beam", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
-        if self.nbits > 12:
-            raise ValueError(f"nbits must be <= 12, got {self.nbits}")
+        if self.index_bits > 12:
+            raise ValueError(f"index_bits must be <= 12, got {self.index_bits}")
 
     @property
     def dim(self) -> int:
         return self.patch[0] * self.patch[1]
 
 
+#: rq_vs_faiss's image names -> vq_tokenizers.data.builtin_images names
+_BUILTIN = {"china": "sklearn_china", "flower": "sklearn_flower"}
+
+
 def _image(name: str) -> np.ndarray:
-    """One bundled photograph as a 2-d float array in [0, 1] (colour images -> luma)."""
-    if name in ("china", "flower"):
-        from sklearn.datasets import load_sample_image
-
-        img = load_sample_image(f"{name}.jpg")
-    else:
-        import skimage.data
-
-        img = getattr(skimage.data, name)()
-    img = np.asarray(img, dtype=np.float64)
-    if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.299, 0.587, 0.114])
-    return img / 255.0
+    """One bundled photograph as a 2-d float64 array in [0, 1]: the luma of its RGB."""
+    rgb = builtin_images([_BUILTIN.get(name, name)])[_BUILTIN.get(name, name)]  # (H, W, 3) float32
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # (H, W)
 
 
 def _patches(names: tuple[str, ...], patch: tuple[int, int]) -> np.ndarray:
@@ -113,34 +109,24 @@ def load_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
     return norm(train), norm(test)
 
 
-def _mse(x: torch.Tensor, xhat: torch.Tensor) -> float:
-    return float(((x.double() - xhat.double()) ** 2).mean())
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
-
-
 def run_ours(codec, train: torch.Tensor, test: torch.Tensor, **encode_kw) -> dict:
-    _, fit_s = _timed(lambda: codec.fit(train))
-    codes, enc_s = _timed(lambda: codec.encode(test, **encode_kw))
-    return {"mse": _mse(test, codec.decode(codes)), "fit_s": fit_s, "encode_s": enc_s}
+    fit_s, _ = timed(lambda: codec.fit(train))
+    enc_s, codes = timed(lambda: codec.encode(test, **encode_kw))
+    return {"mse": mse(test, codec.decode(codes)), "fit_s": fit_s, "encode_s": enc_s}
 
 
 def run_faiss(quantizer, train: torch.Tensor, test: torch.Tensor) -> dict:
     xtr, xte = train.numpy(), test.numpy()
-    _, fit_s = _timed(lambda: quantizer.train(xtr))
-    codes, enc_s = _timed(lambda: quantizer.compute_codes(xte))
-    return {"mse": _mse(test, torch.from_numpy(quantizer.decode(codes))), "fit_s": fit_s, "encode_s": enc_s}
+    fit_s, _ = timed(lambda: quantizer.train(xtr))
+    enc_s, codes = timed(lambda: quantizer.compute_codes(xte))
+    return {"mse": mse(test, torch.from_numpy(quantizer.decode(codes))), "fit_s": fit_s, "encode_s": enc_s}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Experiment()
     ap.add_argument("--patch", type=int, nargs=2, default=list(d.patch))
-    for name in ("M", "nbits", "n_train", "n_test", "beam", "kmeans_niter", "aq_niter", "lsq_train_iters", "threads", "seed"):
+    for name in ("M", "index_bits", "n_train", "n_test", "beam", "kmeans_niter", "aq_niter", "lsq_train_iters", "threads", "seed"):
         ap.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=getattr(d, name))
     ap.add_argument("--split", choices=SPLITS, default=d.split)
     args = vars(ap.parse_args(argv))
@@ -151,17 +137,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(exp.threads)
     faiss.omp_set_num_threads(exp.threads)
     train, test = load_data(exp)
-    k, dim = 2**exp.nbits, exp.dim
+    k, dim = 2**exp.index_bits, exp.dim
     print(f"data: {len(train)} train / {len(test)} held-out {exp.patch[0]}x{exp.patch[1]} patches (d={dim}); "
-          f"M={exp.M} x {exp.nbits} bits = {exp.M * exp.nbits} bits/vector; threads={exp.threads}")
+          f"M={exp.M} x {exp.index_bits} bits = {exp.M * exp.index_bits} bits/vector; threads={exp.threads}")
 
     def faiss_rq(beam: int):
-        rq = faiss.ResidualQuantizer(dim, exp.M, exp.nbits)
+        rq = faiss.ResidualQuantizer(dim, exp.M, exp.index_bits)  # faiss: (d, M, nbits)
         rq.max_beam_size = beam
         rq.cp.niter = exp.kmeans_niter
         return rq
 
-    lsq = faiss.LocalSearchQuantizer(dim, exp.M, exp.nbits)
+    lsq = faiss.LocalSearchQuantizer(dim, exp.M, exp.index_bits)  # faiss: (d, M, nbits)
     lsq.train_iters = exp.lsq_train_iters
     faiss_beam = run_faiss(faiss_rq(exp.beam), train, test)
     rows = {
@@ -192,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"| ours | peer | ours MSE/dim | peer MSE/dim | MSE ratio | ours fit s | peer fit s | fit ratio | encode ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
-    result = {"experiment": {**asdict(exp), "dim": dim}, "machine": platform.machine(), "rows": {}}
+    result = {"experiment": {**asdict(exp), "dim": dim}, "rows": {}}
     for key, (ours, peer, peer_name) in rows.items():
         r = {
             "ours": ours, "peer": peer, "peer_name": peer_name,
@@ -203,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["rows"][key] = r
         print(f"| {names[key]} | {peer_name} | {ours['mse']:.5f} | {peer['mse']:.5f} | {r['mse_ratio']:.3f} | "
               f"{ours['fit_s']:.1f} | {peer['fit_s']:.1f} | {r['fit_ratio']:.2f} | {r['encode_ratio']:.2f} |")
-    print(json.dumps(result))
+    print_result(result)
     return result
 
 

@@ -24,7 +24,7 @@ holding >= half a uniform share whose split saves more than their removal costs,
 ``refine_codebook(split, split_share)``), a post-hoc
 step like the k-means baseline's, which samples its points from the same stride-1 set. Each
 ``+refine`` row is followed by a ``+refine+dec`` row: the same partition, with a copy of the
-decoder refitted to it (encoder and codebook frozen, ``--decoder-refit-steps`` full-batch Adam
+decoder refitted to it (``vq_tokenizers.posthoc.refit_decoder``: encoder and codebook frozen, ``--decoder-refit-steps`` full-batch Adam
 steps on the count-weighted cell means; the used fraction cannot change).
     python bench/tokenizer_layers.py --ks 8192 --methods ours_vq --vq-option decay=0.99  # side run
     python bench/tokenizer_layers.py --ks 65536 --methods ours_vq --refine-split-share 0.7 1  # one row per share
@@ -34,7 +34,6 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import copy
 import ctypes
 import gc
 import json
@@ -50,7 +49,10 @@ from torch import nn
 
 from vq.codebook.metrics import used_fraction, usage_perplexity
 from vq_tokenizers import FSQ, ResidualVQ, SimVQ, VectorQuantizer
-from vq_tokenizers.data import builtin_images, image_patches
+from vq_tokenizers.posthoc import refit_decoder
+
+from _patches import faiss_kmeans, pca_basis, split_patches
+from _report import print_result
 
 log = logging.getLogger("bench.tokenizer_layers")
 
@@ -100,38 +102,6 @@ class Experiment:
         for k in self.ks:
             if k not in FSQ_LEVELS:
                 raise ValueError(f"K must be one of {sorted(FSQ_LEVELS)}, got {k}")
-
-
-def split_patches(p: int, stride: int = 2, flip: bool = False, band: int = 32,
-                  fit_stride: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every image cut into horizontal bands of ``band`` rows; of every 4 bands the first 3 give
-    training patches (``stride``; ``flip`` adds the mirror image of every training patch), the
-    4th the held-out pool (stride 1, never flipped). Each patch lies inside one group of bands:
-    disjoint pixels, and both sides sample the whole height of every image, so they share one
-    distribution (a top 75 % / bottom 25 % split did not: sky, page margins and the moon's black
-    sky sit at the top; see docs/results.md). ``fit_stride``: the post-hoc fit set, the same
-    training bands at that stride (default: the training set itself).
-    Returns (train, fit, held), values centred: [-0.5, 0.5], (n, p * p) each."""
-    fit_stride = stride if fit_stride is None else fit_stride
-    train, fit, held = [], [], []
-    for im in builtin_images().values():
-        for start in range(0, im.shape[0], 4 * band):
-            cut, end = min(start + 3 * band, im.shape[0]), min(start + 4 * band, im.shape[0])
-            if cut - start >= p:
-                train.append(image_patches([im[start:cut]], p, stride))
-                if fit_stride != stride:
-                    fit.append(image_patches([im[start:cut]], p, fit_stride))
-            if end - cut >= p:
-                held.append(image_patches([im[cut:end]], p, 1))
-
-    def centred(parts: list[torch.Tensor]) -> torch.Tensor:
-        t = torch.cat(parts) - 0.5  # (n, p * p)
-        if flip:  # left-right mirror: rearrange '(n) (r c) -> (n) (r c_reversed)'
-            t = torch.cat([t, t.view(-1, p, p).flip(-1).reshape(-1, p * p)])
-        return t
-
-    train_t = centred(train)
-    return train_t, (centred(fit) if fit else train_t), torch.cat(held) - 0.5
 
 
 def lr_factor(step: int, exp: Experiment) -> float:
@@ -279,35 +249,9 @@ def run_one(exp: Experiment, kind: str, k: int, train: torch.Tensor, held: torch
     return rows
 
 
-def refit_decoder(dec: nn.Module, q: torch.Tensor, codes: torch.Tensor, x: torch.Tensor, steps: int,
-                  lr: float) -> nn.Module:
-    """A copy of ``dec`` refitted to a frozen partition: ``q`` (n, d) the quantized latents and
-    ``codes`` (n,) the codes of the fit patches ``x`` (n, p*p). Every patch of a cell has the same
-    ``q``, so ``sum_i |dec(q_i) - x_i|^2 = sum_j n_j |dec(q_j) - mean_j(x)|^2 + const``: full-batch
-    Adam (cosine-decayed from ``lr``) on the cell means, weighted by their counts, minimises the
-    same squared error as training on every patch, for the cost of K rows a step."""
-    k = int(codes.max()) + 1
-    counts = torch.bincount(codes, minlength=k).to(q.dtype)  # (k,)
-    cells = torch.zeros(k, q.shape[1], device=q.device).index_add_(0, codes, q)  # (k, d)
-    means = torch.zeros(k, x.shape[1], device=q.device).index_add_(0, codes, x.to(q.device))  # (k, p*p)
-    hit = counts > 0
-    cells, means, counts = cells[hit] / counts[hit, None], means[hit] / counts[hit, None], counts[hit]
-    weight = (counts / counts.sum())[:, None]
-    refit = copy.deepcopy(dec).train()
-    opt = torch.optim.Adam(refit.parameters(), lr=lr)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-        loss = (weight * (refit(cells) - means).square()).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return refit.eval()
-
-
 def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor, k: int, device: str,
              pool: torch.Tensor | None = None) -> dict:
-    """Held-out MSE (per pixel), min-over-levels used fraction and usage perplexity on ``held``;
+    """Held-out MSE (per pixel), min-over-stages used fraction and usage perplexity on ``held``;
     with ``pool``, also the MSE on all of it (``pool_mse``: 754 017 patches, a finer estimate)."""
     err, codes = 0.0, []
     with torch.no_grad():
@@ -320,7 +264,7 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
     m = codes.shape[1]
     used = [used_fraction(codes[:, j], k) for j in range(m)]
     ppl = [usage_perplexity(codes[:, j], k) for j in range(m)]
-    out = {"levels": m, "heldout_mse": err / held.numel(), "heldout_used_fraction": min(used),
+    out = {"stages": m, "heldout_mse": err / held.numel(), "heldout_used_fraction": min(used),
            "heldout_perplexity": min(ppl)}  # fmt: skip
     if pool is not None:
         with torch.no_grad():
@@ -328,13 +272,6 @@ def evaluate(enc: nn.Module, bott: nn.Module, dec: nn.Module, held: torch.Tensor
                      for x in (pool[s : s + 8192].to(device) for s in range(0, pool.shape[0], 8192)))  # fmt: skip
         out["pool_mse"] = sq / pool.numel()
     return out
-
-
-def pca_basis(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (p*p,) and the top-``dim`` principal directions (p*p, dim) of the rows of ``x``."""
-    mean = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return mean, vt[:dim].T.astype(np.float32)
 
 
 def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.Tensor,
@@ -351,9 +288,8 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     mean, basis = pca_basis(sample, exp.dim)  # (p*p,), (p*p, d)
     feats = np.ascontiguousarray((sample - mean) @ basis)
     faiss.omp_set_num_threads(torch.get_num_threads())  # --threads caps faiss too
-    km = faiss.Kmeans(exp.dim, k, niter=exp.kmeans_niter, seed=exp.seed, max_points_per_centroid=-(-n_fit // k))
     t0 = time.perf_counter()
-    km.train(feats)
+    km = faiss_kmeans(feats, k, exp.kmeans_niter, exp.seed)
     secs = time.perf_counter() - t0
 
     def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -365,7 +301,7 @@ def faiss_pca_kmeans(exp: Experiment, k: int, train: torch.Tensor, held: torch.T
     idx, rec = quantize(h)
     codes = torch.from_numpy(idx.astype(np.int64))
     out = {
-        "K": k, "method": "faiss_pca_kmeans", "levels": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
+        "K": k, "method": "faiss_pca_kmeans", "stages": 1, "heldout_mse": float(((rec - h) ** 2).mean()),
         "heldout_used_fraction": used_fraction(codes, k), "heldout_perplexity": usage_perplexity(codes, k),
         "train_points": int(feats.shape[0]), "fit_s": secs,
     }  # fmt: skip
@@ -451,7 +387,7 @@ def main() -> None:
         print(f"{r['K']:>6} {r['method']:<24} {r['heldout_mse']:>9.5f} {r['pool_mse']:>9.6f} {r['heldout_used_fraction']:>6.3f} "
               f"{r['heldout_perplexity']:>9.1f} {r.get('steps_per_s', math.nan):>8.2f} "
               f"{r.get('speed_vs_vqp_vq', math.nan):>8.2f} {r.get('peak_mem_mb', math.nan):>8.1f}")  # fmt: skip
-    print(json.dumps({"experiment": asdict(exp), "device": device, "torch_threads": torch.get_num_threads(), "rows": rows}))
+    print_result({"experiment": asdict(exp), "device": device, "rows": rows})
 
 
 if __name__ == "__main__":

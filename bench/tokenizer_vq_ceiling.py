@@ -20,22 +20,15 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 import torch
 
-from tokenizer_layers import pca_basis, split_patches
 from vq_tokenizers import VectorQuantizer
 
-
-def kmeans(feats: np.ndarray, k: int, niter: int, seed: int):
-    import faiss
-
-    km = faiss.Kmeans(feats.shape[1], k, niter=niter, seed=seed, max_points_per_centroid=-(-feats.shape[0] // k))
-    km.train(feats)
-    return km
+from _patches import faiss_kmeans, pca_basis, split_patches
+from _report import print_result
 
 
 def nearest(centroids: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -76,7 +69,7 @@ def main() -> None:
     first = None
     for niter in args.niters:
         t0 = time.perf_counter()
-        km = kmeans(ff, args.k, niter, args.seed)
+        km = faiss_kmeans(ff, args.k, niter, args.seed)
         res[f"pca_kmeans_{niter}"] = pca_mse(km.centroids)
         print(f"PCA-{args.dim} k-means, {niter} iterations: held-out MSE {res[f'pca_kmeans_{niter}']:.6f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
@@ -86,7 +79,7 @@ def main() -> None:
     res["pca_partition_cell_mean"] = float(((cell_mean.numpy()[nearest(first, hf)] - h) ** 2).mean())
     print(f"same partition ({args.niters[0]} it.), 64-dim cell means: {res['pca_partition_cell_mean']:.6f}", flush=True)
     if args.pixel_niter:
-        km = kmeans(np.ascontiguousarray(f), args.k, args.pixel_niter, args.seed)
+        km = faiss_kmeans(np.ascontiguousarray(f), args.k, args.pixel_niter, args.seed)
         res[f"pixel_kmeans_{args.pixel_niter}"] = float(((km.centroids[nearest(km.centroids, h)] - h) ** 2).mean())
         print(f"64-dim k-means, {args.pixel_niter} iterations: {res[f'pixel_kmeans_{args.pixel_niter}']:.6f}", flush=True)
     for name, split in (("lloyd", 0.0), ("elbg", args.split)):
@@ -95,7 +88,7 @@ def main() -> None:
         vq.refine_codebook(torch.from_numpy(ff), args.more, split, args.split_share)
         res[f"more_{args.more}_{name}"] = pca_mse(vq.codebook.detach().numpy())
         print(f"{args.niters[0]} iterations + {args.more} of {name}: {res[f'more_{args.more}_{name}']:.6f}", flush=True)
-    print(json.dumps(res))
+    print_result(res)
 
 
 if __name__ == "__main__":

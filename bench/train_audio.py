@@ -12,7 +12,6 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from pathlib import Path
 import torch
 
 from vq_tokenizers.train import TrainConfig, train_tokenizer
+
+from _report import print_result
 
 log = logging.getLogger("bench.train_audio")
 
@@ -102,9 +103,9 @@ def main() -> None:
     for r in report["heldout"]:
         used = " ".join(f"{u:.2f}" for u in r["used_fraction_per_level"])
         print(f"{r['levels']:>6} {r['bitrate_bps'] / 1000:>6.2f} {r['si_snr_db']:>9.2f} {r['mel_distance']:>7.3f}  {used}")
-    print(json.dumps({"experiment": asdict(exp), "steps_done": report["steps_done"], "train_seconds": report["train_seconds"],
-                      "heldout_voice": HELDOUT_VOICE, "train_voices": TRAIN_VOICES, "heldout": report["heldout"],
-                      "run_dir": str(run)}))  # fmt: skip
+    print_result({"experiment": asdict(exp), "steps_done": report["steps_done"], "train_seconds": report["train_seconds"],
+                  "heldout_voice": HELDOUT_VOICE, "train_voices": TRAIN_VOICES, "heldout": report["heldout"],
+                  "run_dir": str(run)})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Last line: one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -25,6 +24,8 @@ from PIL import Image
 
 from vq_tokenizers.data import builtin_images
 from vq_tokenizers.train import TrainConfig, train_tokenizer
+
+from _report import print_result
 
 log = logging.getLogger("bench.train_image")
 
@@ -86,7 +87,7 @@ def main() -> None:
             row["bits_per_pixel"] = row["bits_per_position"] / pixels_per_position
             used = " ".join(f"{u:.2f}" for u in row["used_fraction_per_level"])
             print(f"{name:<10} {r['steps_done']:>6} {row['levels']:>6} {row['bits_per_pixel']:>6.3f} {row['psnr_db']:>8.2f}  {used}")
-    print(json.dumps({"experiment": asdict(exp), "heldout_images": HELDOUT, "results": results}))
+    print_result({"experiment": asdict(exp), "heldout_images": HELDOUT, "results": results})
 
 
 if __name__ == "__main__":

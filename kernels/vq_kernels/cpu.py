@@ -45,7 +45,6 @@ from torch import Tensor
 
 from vq_kernels.layout import VQLayout, check_input
 from vq_kernels.native import load_library
-from vq_kernels.packing import unpack_codes
 
 __all__ = [
     "GEMV_MAX_BATCH",
@@ -153,7 +152,7 @@ def prepare(codes: Tensor, layout: VQLayout) -> Tensor:
     """
     if codes.dim() == 2:
         layout.check_packed_codes(codes, check_range=False)
-        codes = unpack_codes(codes, layout.bits, layout.n_groups, layout.M)
+        codes = layout.unpack(codes)  # (out, n_groups, M)
     layout.check_logical_codes(codes)  # range [0, K) checked here, before any gather
     if index_format(layout) == "u4":
         return _prepare_u4(codes, layout)

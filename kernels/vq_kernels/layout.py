@@ -12,6 +12,11 @@ scales                  (out,)                      float
 ======================  ==========================  ==========================================
 
 Row ``r`` and group ``g`` use codebook tile ``codebooks[r // tile_rows, g // tile_groups]``.
+
+The layout is checked once, when it is built; :meth:`VQLayout.pack` / :meth:`VQLayout.unpack`
+then convert codes without checking the width again. Tensors are checked where they enter
+(``check_*``): the stored form (``vq.weights.format.QuantizedWeight``) and ``VQLinear`` (user
+tensors, ``load_state_dict``) hold the same ``VQLayout`` and do not re-check it between them.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq_kernels.packing import check_bits, unpack_codes, words_per_row
+from vq_kernels.packing import check_bits, code_bits, pack, unpack, words_per_row
 
 __all__ = ["VQLayout", "FLOAT_DTYPES", "check_input"]
 
@@ -96,7 +101,28 @@ class VQLayout:
     def config(self) -> dict[str, int]:
         return asdict(self)
 
-    # -- construction from tensors ---------------------------------------------------------
+    # -- codes -----------------------------------------------------------------------------
+    def pack(self, codes: Tensor) -> Tensor:
+        """Logical codes (out, n_groups, M), already checked, -> packed (out, words_per_row) int32."""
+        return pack(codes, self.bits)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """Packed codes (out, words_per_row) int32 -> logical (out, n_groups, M) int64."""
+        return unpack(packed, self.bits, self.n_groups, self.M)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def make(
+        cls, out_features: int, in_features: int, *, d: int, K: int, M: int = 1, bits: int | None = None,
+        tile_rows: int | None = None, tile_groups: int | None = None,
+    ) -> "VQLayout":
+        """The layout with the defaults filled in: ``bits = code_bits(K)``, one global codebook."""
+        n_groups = max(1, in_features // _pos_int("d", d)) if isinstance(in_features, int) else 1
+        return cls(
+            out_features, in_features, d, M, K, code_bits(_pos_int("K", K)) if bits is None else bits,
+            out_features if tile_rows is None else tile_rows, n_groups if tile_groups is None else tile_groups,
+        )
+
     @classmethod
     def infer(
         cls,
@@ -110,7 +136,7 @@ class VQLayout:
     ) -> "VQLayout":
         """Infer the layout from logical codes (out, n_groups, M) or packed codes + ``in_features``.
 
-        ``bits`` defaults to ``max(1, ceil(log2 K))``; tiles default to one global codebook.
+        ``bits`` defaults to ``code_bits(K)``; tiles default to one global codebook.
         """
         if not isinstance(codebooks, Tensor) or codebooks.dim() != 5:
             shape = tuple(codebooks.shape) if isinstance(codebooks, Tensor) else type(codebooks).__name__
@@ -125,13 +151,11 @@ class VQLayout:
             n_groups = in_features // d
         else:
             raise ValueError("in_features is required with packed (2-D) codes")
-        if bits is None:
-            bits = max(1, (k - 1).bit_length())
-        if tile_rows is None:
-            tile_rows = out if r_t == 1 else -(-out // r_t)
-        if tile_groups is None:
-            tile_groups = n_groups if c_t == 1 else -(-n_groups // c_t)
-        return cls(out, n_groups * d, d, m, k, bits, tile_rows, tile_groups)
+        if tile_rows is None and r_t > 1:
+            tile_rows = -(-out // r_t)
+        if tile_groups is None and c_t > 1:
+            tile_groups = -(-n_groups // c_t)
+        return cls.make(out, n_groups * d, d=d, K=k, M=m, bits=bits, tile_rows=tile_rows, tile_groups=tile_groups)
 
     # -- checks ----------------------------------------------------------------------------
     def check_codebooks(self, codebooks: Tensor, scales: Tensor) -> None:
@@ -175,7 +199,7 @@ class VQLayout:
             raise ValueError(f"packed codes must have shape (out, words_per_row) = {want}, got {tuple(codes.shape)}")
         if check_range and self.K < (1 << self.bits):
             # every bit pattern is a valid code when K == 2**bits, so this only costs when needed
-            self._check_range(unpack_codes(codes, self.bits, self.n_groups, self.M))
+            self._check_range(self.unpack(codes))
 
     def _check_range(self, codes: Tensor) -> None:
         if codes.numel() == 0:

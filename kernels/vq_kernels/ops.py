@@ -26,7 +26,6 @@ from torch import Tensor
 
 from vq_kernels import cpu, reference
 from vq_kernels.layout import VQLayout, check_input
-from vq_kernels.packing import unpack_codes
 
 __all__ = ["dequantize", "lut_gemv", "lut_gemm", "cpu_linear", "vq_linear", "BACKENDS", "GEMV_MAX_BATCH"]
 
@@ -53,12 +52,12 @@ class Backend:
 
 def _ref_dequantize(codes: Tensor, codebooks: Tensor, scales: Tensor, lay: VQLayout) -> Tensor:
     lay.check_packed_codes(codes)
-    return reference.dequantize(unpack_codes(codes, lay.bits, lay.n_groups, lay.M), codebooks, scales, lay.tile_rows, lay.tile_groups)
+    return reference.dequantize(lay.unpack(codes), codebooks, scales, lay.tile_rows, lay.tile_groups)
 
 
 def _ref_linear(x: Tensor, codes: Tensor, codebooks: Tensor, scales: Tensor, lay: VQLayout) -> Tensor:
     lay.check_packed_codes(codes)
-    logical = unpack_codes(codes, lay.bits, lay.n_groups, lay.M)
+    logical = lay.unpack(codes)  # (out, n_groups, M); shape and range checked above
     return reference.vq_linear(x, logical, codebooks, scales, lay.tile_rows, lay.tile_groups)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["words_per_row", "pack_codes", "unpack_codes", "check_bits"]
+__all__ = ["code_bits", "words_per_row", "pack_codes", "unpack_codes", "check_bits"]
 
 _U32 = 1 << 32
 
@@ -25,6 +25,11 @@ def check_bits(bits: int) -> int:
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
     return bits
+
+
+def code_bits(K: int) -> int:
+    """The code width of ``K`` codewords, ``max(1, ceil(log2 K))`` (the one place it is derived)."""
+    return max(1, (K - 1).bit_length())
 
 
 def words_per_row(n_groups: int, m: int, bits: int) -> int:
@@ -53,11 +58,17 @@ def pack_codes(codes: Tensor, bits: int) -> Tensor:
         raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
     if codes.dim() != 3:
         raise ValueError(f"codes must have shape (out, n_groups, M), got {tuple(codes.shape)}")
+    if codes.numel() and (bool((codes < 0).any()) or bool((codes >= (1 << bits)).any())):
+        bad = codes[(codes < 0) | (codes >= (1 << bits))][0].item()
+        raise ValueError(f"code {bad} does not fit in {bits} bits (valid range [0, {1 << bits}))")
+    return pack(codes, bits)
+
+
+def pack(codes: Tensor, bits: int) -> Tensor:
+    """:func:`pack_codes` without the checks, for callers that checked ``codes`` and ``bits``
+    where they entered (``VQLayout.pack``)."""
     out, n_groups, m = codes.shape
     flat = codes.reshape(out, n_groups * m).long()  # (out, L), (g, m) row-major
-    if flat.numel() and (bool((flat < 0).any()) or bool((flat >= (1 << bits)).any())):
-        bad = flat[(flat < 0) | (flat >= (1 << bits))][0].item()
-        raise ValueError(f"code {bad} does not fit in {bits} bits (valid range [0, {1 << bits}))")
     n_words = words_per_row(n_groups, m, bits)
     word, off = _positions(n_groups * m, bits, codes.device)
     acc = torch.zeros(out, n_words + 1, dtype=torch.int64, device=codes.device)  # +1: spill word
@@ -92,6 +103,11 @@ def unpack_codes(packed: Tensor, bits: int, n_groups: int, m: int) -> Tensor:
             f"packed codes must have shape (out, {n_words}) for n_groups={n_groups}, M={m}, "
             f"bits={bits}; got {tuple(packed.shape)}"
         )
+    return unpack(packed, bits, n_groups, m)
+
+
+def unpack(packed: Tensor, bits: int, n_groups: int, m: int) -> Tensor:
+    """:func:`unpack_codes` without the checks (``VQLayout.unpack``)."""
     out = packed.shape[0]
     words = packed.long() & (_U32 - 1)  # (out, W) as uint32 values
     words = torch.cat([words, words.new_zeros(out, 1)], dim=1)  # (out, W+1): straddle guard

@@ -242,3 +242,148 @@ def test_assign_excluding_bad_input():
         assign_excluding(x, c, torch.zeros(10))
     with pytest.raises(ValueError, match=">= 2 centroids"):
         assign_excluding(x, c[:1], torch.zeros(10, dtype=torch.long))
+
+
+# -- options for refining a codebook one holds: warm start, all_reduce, ELBG, empty, spherical ----
+@pytest.mark.parametrize("kind", [None, "coords"])
+def test_warm_start_continues_a_fit_exactly(kind, tmp_path):
+    """a iterations, then a warm start from those centroids for b more == a + b iterations."""
+    x = _mixture(n=3000, d=5, seed=11)
+    w = None if kind is None else torch.rand(3000, 5, generator=torch.Generator().manual_seed(1))
+    full = KMeans(24, niter=9, init="random", backend="torch", seed=2).fit(x, weights=w)
+    first = KMeans(24, niter=4, init="random", backend="torch", seed=2).fit(x, weights=w)
+    rest = KMeans(24, niter=5, init=first.centroids, backend="torch").fit(x, weights=w)
+    assert torch.equal(rest.centroids, full.centroids)
+    assert first.history + rest.history == full.history and rest.inertia == full.inertia
+    # init=None continues from the centroids a KMeans holds, e.g. loaded from a file
+    save_codec(KMeans(24, niter=5, init=first.centroids, backend="torch"), tmp_path / "warm.safetensors")
+    back = load_codec(tmp_path / "warm.safetensors")
+    assert back.init is None
+    assert torch.equal(back.fit(x, weights=w).centroids, full.centroids)
+
+
+def test_warm_start_fits_fewer_vectors_than_clusters_and_keeps_empty_ones():
+    g = torch.Generator().manual_seed(0)
+    c0, x = torch.randn(64, 3, generator=g), torch.randn(10, 3, generator=g)
+    km = KMeans(64, niter=1, init=c0, empty="keep").fit(x)  # 10 vectors, 64 clusters
+    idx = ((x[:, None] - c0[None]) ** 2).sum(-1).argmin(1)  # brute-force assignment to c0
+    for j in range(64):
+        ref = x[idx == j].mean(0) if (idx == j).any() else c0[j]
+        assert torch.allclose(km.centroids[j], ref, atol=1e-6)
+    n_empty = int((idx.bincount(minlength=64) == 0).sum())
+    assert n_empty >= 54 and int((km.centroids == c0).all(1).sum()) == n_empty
+    # the default re-seeds empty clusters on the 10 points (all of them: fewer points than empties)
+    reseeded = KMeans(64, niter=1, init=c0).fit(x).centroids
+    assert int((reseeded == c0).all(1).sum()) == n_empty - 10
+    assert bool((reseeded[:, None] == x[None]).all(-1).any(0).all())
+
+
+def _shard_fits(shards, **options):
+    """One KMeans per shard, in lockstep threads; all_reduce sums the shards' tensors (a 2-rank
+    all-reduce without processes). Returns the fitted KMeans, one per shard."""
+    import threading
+
+    barrier, box = threading.Barrier(len(shards)), [None] * len(shards)
+    calls = [0] * len(shards)
+
+    def hook_for(r):
+        def hook(t):
+            calls[r] += 1
+            box[r] = t.clone()
+            barrier.wait()
+            total = sum(box)
+            barrier.wait()
+            return total
+        return hook
+
+    kms = [KMeans(all_reduce=hook_for(r), **options) for r in range(len(shards))]
+    threads = [threading.Thread(target=km.fit, args=(s,)) for km, s in zip(kms, shards)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return kms, calls
+
+
+def test_all_reduce_hook_gives_the_centroids_of_one_fit_on_all_shards():
+    x = _mixture(n=5000, d=6, centers=30, seed=4)
+    c0 = x[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:30]]
+    one = KMeans(30, niter=8, init=c0, empty="keep").fit(x)
+    (a, b), calls = _shard_fits([x[:1800], x[1800:]], k=30, niter=8, init=c0, empty="keep")
+    assert torch.equal(a.centroids, b.centroids)  # every rank the same centroids
+    assert a.history == b.history and a.inertia == b.inertia
+    assert calls == [9, 9]  # one collective per iteration, one for the final objective
+    assert torch.allclose(a.centroids, one.centroids, atol=1e-5)
+    assert a.history == pytest.approx(one.history, rel=1e-6) and a.inertia == pytest.approx(one.inertia, rel=1e-6)
+
+
+def _outlier_trap(seed=0):
+    """32 tight clusters of 100 points + 16 far outliers; start: the 16 outliers and 16 of the
+    32 cluster centres (Lloyd alone never leaves that trap)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = 4 * torch.randn(32, 8, generator=g)
+    outliers = 40 + torch.randn(16, 8, generator=g)
+    x = torch.cat([centers.repeat_interleave(100, 0) + 0.1 * torch.randn(3200, 8, generator=g), outliers])
+    return x, torch.cat([outliers, centers[:16]])  # (3216, 8), (32, 8)
+
+
+def test_elbg_beats_lloyd_on_the_outlier_trap():
+    x, c0 = _outlier_trap()
+    plain = KMeans(32, niter=9, init=c0, empty="keep").fit(x)
+    moved = KMeans(32, niter=9, init=c0, empty="keep", split=0.25).fit(x)
+    assert plain.n_moved == 0 and moved.n_moved > 0
+    assert moved.inertia < 0.5 * plain.inertia
+    tail = moved.history[-3:] + [moved.inertia]  # the last ceil(9 / 3) iterations are plain Lloyd
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(tail, tail[1:]))
+    # brute force: every cluster now holds more than a single outlier, most hold ~100 points
+    counts = ((x[:, None] - moved.centroids[None]) ** 2).sum(-1).argmin(1).bincount(minlength=32)
+    assert int((counts == 1).sum()) < 16
+
+
+def test_elbg_with_all_reduce_matches_one_process_and_agrees_across_ranks():
+    x, c0 = _outlier_trap(seed=1)
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(2))
+    one = KMeans(32, niter=9, init=c0, empty="keep", split=0.25).fit(x)
+    (a, b), calls = _shard_fits([x[perm[:1000]], x[perm[1000:]]], k=32, niter=9, init=c0, empty="keep", split=0.25)
+    assert torch.equal(a.centroids, b.centroids) and a.n_moved == b.n_moved == one.n_moved > 0
+    assert calls == [10 + 6, 10 + 6]  # 9 + 1 as above, plus one per ELBG iteration (9 - ceil(9 / 3) = 6)
+    assert a.inertia == pytest.approx(one.inertia, rel=1e-4)
+
+
+def test_spherical_keeps_unit_centroids_and_never_raises_the_objective():
+    x = torch.nn.functional.normalize(_mixture(n=3000, d=4, seed=6), dim=1)
+    km = KMeans(20, niter=10, init=x[:20], spherical=True, empty="keep").fit(x)
+    assert torch.allclose(km.centroids.norm(dim=1), torch.ones(20), atol=1e-6)
+    h = km.history + [km.inertia]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(h, h[1:])) and h[-1] < 0.8 * h[0]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: KMeans(4, init=torch.randn(3, 2)), r"init must have shape \(4, d\)"),
+        (lambda: KMeans(4, init=torch.randn(4)), r"init must have shape \(n, d\)"),
+        (lambda: KMeans(2, init=torch.tensor([[0.0, float("nan")], [1.0, 1.0]])), "init contains NaN"),
+        (lambda: KMeans(2, init=torch.randn(2, 3), dim=4), "init has dimension 3, expected 4"),
+        (lambda: KMeans(2, init=torch.randn(2, 3)).fit(torch.randn(10, 4)), "x has dimension 4, expected 3"),
+        (lambda: KMeans(2, init=None).fit(torch.randn(10, 4)), "holds none"),
+        (lambda: KMeans(2, init="bogus"), "init must be"),
+        (lambda: KMeans(2, split=-0.1), "split must be"),
+        (lambda: KMeans(2, split=0.6), "split must be"),
+        (lambda: KMeans(2, split=float("nan")), "split must be"),
+        (lambda: KMeans(2, split="0.1"), "split must be"),
+        (lambda: KMeans(2, split=0.1, split_share=-1.0), "split_share must be"),
+        (lambda: KMeans(2, split=0.1).fit(torch.randn(10, 3), weights=torch.ones(10)), "unweighted"),
+        (lambda: KMeans(2, empty="bogus"), "empty must be"),
+        (lambda: KMeans(2, all_reduce=lambda t: t, empty="keep"), "needs a warm start"),
+        (lambda: KMeans(2, init=torch.randn(2, 3), all_reduce=lambda t: t), "empty='keep'"),
+        (lambda: KMeans(2, init=torch.randn(2, 3), all_reduce=3, empty="keep"), "callable"),
+        (lambda: KMeans(2, init=torch.randn(2, 3), all_reduce=lambda t: None, empty="keep").fit(torch.randn(10, 3)),
+         "all_reduce must return"),
+        (lambda: KMeans(2, backend="faiss", split=0.1).fit(torch.randn(10, 3)), "faiss backend takes none"),
+        (lambda: KMeans(2, init=torch.randn(2, 3), backend="faiss").fit(torch.randn(10, 3)), "faiss backend takes none"),
+    ],
+)
+def test_refinement_options_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

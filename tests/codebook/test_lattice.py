@@ -1,6 +1,7 @@
 """Lattice codebooks: E8 nearest point vs brute force, E8P (65536 points, exact nearest),
 PVQ exact enumeration."""
 import itertools
+import json
 import math
 
 import pytest
@@ -246,6 +247,27 @@ def test_pvq_more_pulses_lower_error_and_codec_roundtrip(tmp_path):
     assert pv.bits_per_vector() == math.ceil(math.log2(pyramid_count(8, 16))) + 8
 
 
+def _write_pvq_file(path, config: dict, gain_range) -> None:
+    """A PVQ file as save_codec writes it, with a hand-written config (e.g. an old one)."""
+    from safetensors.torch import save_file
+
+    save_file({"gain_range": gain_range}, str(path), metadata={"codec": "PVQ", "config": json.dumps(config)})
+
+
+def test_pvq_config_names_the_pulses_and_old_files_with_key_K_still_load(tmp_path):
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(3))
+    pv = PVQ(8, pulses=5, gain_bits=6).fit(x)
+    assert pv.config() == {"dim": 8, "pulses": 5, "gain_bits": 6}
+    # written before the rename: the pulse count under "K"
+    _write_pvq_file(tmp_path / "old.safetensors", {"dim": 8, "K": 5, "gain_bits": 6}, pv.gain_range)
+    old = load_codec(tmp_path / "old.safetensors")
+    assert old.config() == pv.config()
+    assert torch.equal(old.encode(x), pv.encode(x))
+    _write_pvq_file(tmp_path / "bad.safetensors", {"dim": 8, "pulse": 5}, pv.gain_range)
+    with pytest.raises(ValueError, match="does not match PVQ's arguments"):
+        load_codec(tmp_path / "bad.safetensors")
+
+
 def test_pvq_gain_and_zero_vector():
     pv = PVQ(4, 3, gain_bits=4)
     x = torch.tensor([[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 30.0, 0.0, 0.0]])
@@ -260,13 +282,13 @@ def test_pvq_gain_and_zero_vector():
 def test_pvq_bad_inputs():
     with pytest.raises(ValueError, match="dim"):
         PVQ(0, 3)
-    with pytest.raises(ValueError, match="K"):
+    with pytest.raises(ValueError, match="pulses"):
         PVQ(4, 0)
     with pytest.raises(ValueError, match="int64"):
         PVQ(200, 200)
     with pytest.raises(ValueError, match="gain_bits"):
         PVQ(4, 2, gain_bits=0)
-    with pytest.raises(TypeError, match="K"):
+    with pytest.raises(TypeError, match="pulses"):
         PVQ(4, 2.0)
     pv = PVQ(4, 2)
     with pytest.raises(RuntimeError, match="not fitted"):

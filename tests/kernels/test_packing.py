@@ -48,3 +48,24 @@ def test_pack_rejects_bad_input():
         unpack_codes(torch.zeros(2, 5, dtype=torch.int32), 4, 3, 1)
     with pytest.raises(TypeError, match="int32"):
         unpack_codes(torch.zeros(2, 1, dtype=torch.int64), 4, 3, 1)
+
+
+def test_code_bits_is_the_smallest_width_holding_k():
+    from vq_kernels.packing import code_bits
+
+    for K in range(1, 70000, 97):
+        want = next(b for b in range(1, 18) if (1 << b) >= K)  # brute force
+        assert code_bits(K) == want
+    assert [code_bits(k) for k in (1, 2, 3, 4, 5, 16, 17, 256, 257, 65536)] == [1, 1, 2, 2, 3, 4, 5, 8, 9, 16]
+
+
+def test_layout_pack_unpack_equal_the_checked_functions():
+    from vq_kernels.layout import VQLayout
+
+    lay = VQLayout.make(7, 30, d=3, K=40, M=2)  # 6 bits, 10 groups x 2 codes per row
+    assert (lay.bits, lay.tile_rows, lay.tile_groups, lay.words_per_row) == (6, 7, 10, 4)
+    codes = torch.randint(0, 40, (7, 10, 2), generator=torch.Generator().manual_seed(3))
+    packed = lay.pack(codes)
+    assert torch.equal(packed, pack_codes(codes, 6))
+    assert torch.equal(lay.unpack(packed), unpack_codes(packed, 6, 10, 2))
+    assert torch.equal(lay.unpack(packed), codes)

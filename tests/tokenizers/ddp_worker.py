@@ -5,7 +5,8 @@ init over 3 batches, re-seeding every 2 steps), a gradient-mode one and a Residu
 data, under DDP with ``broadcast_buffers=False`` (so only the layers' own synchronisation can
 keep the codebooks equal). Midway, rank 0 alone runs an eval forward and a ``no_grad``
 training-mode forward; a hang there would time the test out. At the end every rank refines the
-EMA codebook on its own shard (``refine_codebook`` with ELBG moves). Codebooks go to OUT_DIR.
+EMA codebook on its own shard (``refine_codebook`` with ELBG moves), and computes the same
+refinement in one process on both shards (``one_process_refined``). Codebooks go to OUT_DIR.
 """
 import os
 import sys
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from vq.codebook import KMeans
 from vq_tokenizers import ResidualVQ, VectorQuantizer
 
 
@@ -61,8 +63,13 @@ def worker(rank: int, out_dir: str) -> None:
         step()
     with torch.no_grad():  # post-training refinement on each rank's own shard, with ELBG moves
         z = model.module.enc(torch.randn(256, 8, generator=g) + shift)
+    start = model.module.vq_ema.codebook.clone()
     model.module.vq_ema.refine_codebook(z, iters=4, split=0.25)
     state = {k: v.detach().contiguous() for k, v in model.module.state_dict().items()}
+    shards = [torch.empty_like(z) for _ in range(2)]
+    dist.all_gather(shards, z)  # the reference: one process's KMeans on both shards
+    one = KMeans(32, niter=4, init=start, empty="keep", split=0.25).fit(torch.cat(shards))
+    state["one_process_refined"] = one.centroids
     save_file(state, os.path.join(out_dir, f"rank{rank}.safetensors"))
     dist.barrier()  # both ranks done before teardown: a rank tearing gloo down early aborted its peer under load
     dist.destroy_process_group()

@@ -9,7 +9,7 @@ from vq.cli import main
 
 from .conftest import TEXT
 
-SMALL = ["--dim", "2", "--index-bits", "4", "--group-size", "1024", "--calib-windows", "4"]
+SMALL = ["--dim", "2", "--index-bits", "4", "--weights-per-codebook", "1024", "--calib-windows", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,15 @@ def test_generate(compressed, capsys):
 def test_unknown_method(tiny_model_dir, tmp_path, capsys):
     assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--method", "awq"]) == 1
     assert "unknown method 'awq'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_group_size_is_not_gptvqs_weights_per_codebook(tiny_model_dir, tmp_path, capsys):
+    argv = ["compress", str(tiny_model_dir), "--out", str(tmp_path / "x")]
+    assert main([*argv, "--method", "gptvq", "--group-size", "1024"]) == 1
+    assert "for gptvq use --weights-per-codebook" in capsys.readouterr().err
+    assert main([*argv, "--method", "rtn", "--weights-per-codebook", "1024"]) == 1
+    assert "apply to --method gptvq only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -114,3 +114,39 @@ def test_quantized_weight_rejects_inconsistent_tensors():
     bad["codebooks_q"] = bad["codebooks_q"].float()
     with pytest.raises(ValueError, match="mismatch"):
         QuantizedWeight.from_stored(qw.meta(), bad, name="x")
+
+
+def test_module_shares_the_stored_layout_and_packed_codes():
+    """to_module hands the stored packed codes and the very layout object to the VQLinear."""
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, 12, (40, 6), generator=g)  # K = 12 in 4 bits
+    qw = QuantizedWeight.from_vq(codes, torch.randn(3, 2, 12, 3, generator=g), torch.rand(40, generator=g) + 0.5,
+                                 tile_rows=16, tile_groups=3, codebook_bits=None)
+    assert (qw.layout.bits, qw.layout.row_tiles, qw.layout.group_tiles) == (4, 3, 2)
+    mod = qw.to_module()
+    assert mod.layout is qw.layout
+    assert torch.equal(mod.codes, qw.tensors["codes"]) and mod.codes.data_ptr() != qw.tensors["codes"].data_ptr()
+    assert torch.equal(mod.unpacked_codes()[..., 0], codes)
+    assert torch.equal(mod.to_dense(), qw.dense())
+
+
+def test_stored_layout_errors_name_the_layer():
+    codes = torch.randint(0, 16, (8, 4))
+    qw = QuantizedWeight.from_vq(codes, torch.randn(1, 1, 16, 2), torch.ones(8), tile_rows=8, tile_groups=4)
+    for field, value in [("K", 17), ("d", 3), ("tile_rows", 0), ("bits", True)]:
+        with pytest.raises(ValueError, match=f"^x: config/tensor mismatch: bad layout.*{field}"):
+            QuantizedWeight.from_stored({**qw.meta(), field: value}, dict(qw.tensors), name="x")
+    bad = dict(qw.tensors)
+    bad["codebooks_q"] = bad["codebooks_q"].clone()
+    bad["scales"] = torch.full((8,), float("nan"), dtype=torch.float16)
+    with pytest.raises(ValueError, match="x: scales contains NaN"):
+        QuantizedWeight.from_stored(qw.meta(), bad, name="x")
+
+
+def test_stored_codes_out_of_range_are_caught():
+    codes = torch.randint(0, 12, (8, 4))  # K = 12 in 4 bits: 12..15 are not codes
+    qw = QuantizedWeight.from_vq(codes, torch.randn(1, 1, 12, 2), torch.ones(8), tile_rows=8, tile_groups=4)
+    bad = dict(qw.tensors)
+    bad["codes"] = torch.full_like(bad["codes"], -1)  # every field 15
+    with pytest.raises(ValueError, match="x: codes out of range"):
+        QuantizedWeight.from_stored(qw.meta(), bad, name="x")

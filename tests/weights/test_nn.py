@@ -110,6 +110,38 @@ def test_from_dense_approximates_and_more_codewords_help():
     assert errs[1] < 0.5  # 64 codewords for 4-d Gaussian vectors: far better than nothing
 
 
+def test_from_dense_is_the_cores_residual_vq_per_tile():
+    """Each tile's codes and codebooks are what vq.codebook.ResidualVQ gives on its vectors."""
+    from vq.codebook import ResidualVQ
+
+    g = torch.Generator().manual_seed(7)
+    lin = torch.nn.Linear(24, 20, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(20, 24, generator=g))
+    q = VQLinear.from_dense(lin, d=3, K=16, M=2, tile_rows=8, tile_groups=4, niter=5, seed=2)
+    assert (q.layout.row_tiles, q.layout.group_tiles) == (3, 2)
+    w = lin.weight.detach()
+    s = w.pow(2).mean(1).sqrt()
+    assert torch.equal(q.scales, s)
+    vecs = (w / s[:, None]).reshape(20, 8, 3)  # (out, n_groups, d)
+    codes = q.unpacked_codes()
+    for i, j in [(0, 0), (2, 1)]:  # a full tile and the last, 4-row one
+        block = vecs[i * 8 : (i + 1) * 8, j * 4 : (j + 1) * 4]  # (rows, 4, d)
+        x = block.reshape(-1, 3)
+        rvq = ResidualVQ(3, 2, 16, niter=5, seed=2).fit(x)
+        assert torch.equal(q.codebooks[i, j], rvq.codebooks)
+        assert torch.equal(codes[i * 8 : (i + 1) * 8, j * 4 : (j + 1) * 4].reshape(-1, 2), rvq.encode(x))
+
+
+def test_from_dense_small_tile_gets_fewer_codewords():
+    """A tile with fewer vectors than K: one codeword per vector, exact up to rounding."""
+    lin = torch.nn.Linear(8, 3, bias=False)
+    q = VQLinear.from_dense(lin, d=4, K=16)  # 3 rows x 2 groups = 6 vectors
+    assert q.K == 16 and q.bits == 4
+    assert int(q.unpacked_codes().max()) < 6 and not q.codebooks[0, 0, 0, 6:].any()
+    torch.testing.assert_close(q.to_dense(), lin.weight.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_torch_compile():
     layer, *_ = _layer()
     layer.prepare_cpu()

@@ -16,7 +16,7 @@ from vq.weights.pipeline import CompressConfig, compress, method_config
 
 from .conftest import tiny_llama
 
-GPTVQ_SMALL = GPTVQConfig(dim=2, index_bits=4, group_size=1024, block_cols=32, em_iters=4, update_iters=4)
+GPTVQ_SMALL = GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=1024, block_cols=32, em_iters=4, update_iters=4)
 
 
 def _config(method: str = "gptvq") -> CompressConfig:
@@ -120,7 +120,7 @@ def test_gptvq_bits_by_hand():
     """Codes + 8-bit codebooks with their fp16 scale/min + fp16 row scales, for one layer."""
     W = torch.randn(96, 128) * 0.02
     H = torch.eye(128, dtype=torch.float64)
-    cfg = GPTVQConfig(dim=4, index_bits=8, group_size=8192, block_cols=64, em_iters=2, update_iters=0)
+    cfg = GPTVQConfig(dim=4, index_bits=8, weights_per_codebook=8192, block_cols=64, em_iters=2, update_iters=0)
     from vq.weights.gptvq import gptvq_quantize, tile_shape
 
     q = gptvq_quantize(W, H, cfg)
@@ -184,7 +184,7 @@ def test_config_round_trips_through_json():
 
 
 def test_dim_must_divide_in_features_checked_up_front(calib):
-    solver = GPTVQConfig(dim=3, index_bits=4, group_size=1024, block_cols=48)  # 64 % 3 != 0
+    solver = GPTVQConfig(dim=3, index_bits=4, weights_per_codebook=1024, block_cols=48)  # 64 % 3 != 0
     with pytest.raises(ValueError, match=r"in_features=64, not a multiple of dim=3"):
         compress(tiny_llama(), CompressConfig(solver=solver), calib, progress=False)
 

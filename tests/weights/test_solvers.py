@@ -86,7 +86,7 @@ def test_hessian_solvers_beat_rtn_on_proxy_loss(bits):
     rtn = proxy_loss(W, rtn_quantize(W, RTNConfig(bits=bits, group_size=32)).dense(), H)
     gptq = proxy_loss(W, gptq_quantize(W, H, GPTQConfig(bits=bits, group_size=32)).dense(), H)
     gptq_ao = proxy_loss(W, gptq_quantize(W, H, GPTQConfig(bits=bits, group_size=32, act_order=True)).dense(), H)
-    vq = gptvq_quantize(W, H, GPTVQConfig(dim=2, index_bits=2 * bits, group_size=4096, block_cols=64), seed=0)
+    vq = gptvq_quantize(W, H, GPTVQConfig(dim=2, index_bits=2 * bits, weights_per_codebook=4096, block_cols=64), seed=0)
     gptvq = proxy_loss(W, vq.dense(), H)
     assert gptq < 0.8 * rtn
     assert gptq_ao < 0.8 * rtn
@@ -98,7 +98,7 @@ def test_gptvq_error_feedback_helps():
     """Same codebooks budget; the OBS feedback lowers the proxy loss versus plain Hessian-weighted
     k-means assignment (identity Hessian inside the solver = no feedback)."""
     W, H, _ = layer()
-    cfg = GPTVQConfig(dim=2, index_bits=4, group_size=2048, block_cols=64, update_iters=0)
+    cfg = GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=2048, block_cols=64, update_iters=0)
     with_fb = proxy_loss(W, gptvq_quantize(W, H, cfg).dense(), H)
     no_fb = proxy_loss(W, gptvq_quantize(W, torch.eye(W.shape[1], dtype=torch.float64), cfg).dense(), H)
     assert with_fb < no_fb
@@ -106,7 +106,7 @@ def test_gptvq_error_feedback_helps():
 
 def test_codebook_update_never_hurts_and_helps():
     W, H, _ = layer()
-    base = dict(dim=4, index_bits=6, group_size=4096, block_cols=64, codebook_bits=None)
+    base = dict(dim=4, index_bits=6, weights_per_codebook=4096, block_cols=64, codebook_bits=None)
     before = proxy_loss(W, gptvq_quantize(W, H, GPTVQConfig(**base, update_iters=0)).dense(), H)
     after = proxy_loss(W, gptvq_quantize(W, H, GPTVQConfig(**base, update_iters=20)).dense(), H)
     assert after < 0.99 * before
@@ -136,7 +136,7 @@ def test_codebook_update_reaches_least_squares_optimum():
 
 
 def test_tile_shape_divides_columns():
-    cfg = GPTVQConfig(dim=4, index_bits=8, group_size=32768, block_cols=256)
+    cfg = GPTVQConfig(dim=4, index_bits=8, weights_per_codebook=32768, block_cols=256)
     assert tile_shape(576, 576, cfg) == (192, 192)
     assert tile_shape(576, 1536, cfg) == (144, 256)
     with pytest.raises(ValueError, match="multiple of dim"):
@@ -147,27 +147,27 @@ def test_tile_shape_whole_row_blocks_for_4bit_codes():
     from vq_kernels import cpu
     from vq_kernels.layout import VQLayout
 
-    cfg = GPTVQConfig(dim=2, index_bits=4, group_size=4096, block_cols=256)
+    cfg = GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=4096, block_cols=256)
     assert tile_shape(576, 576, cfg) == (32, 192)  # 27 tiles of 22 rows -> 18 of 32
     assert tile_shape(1536, 576, cfg) == (32, 192)
-    assert tile_shape(40, 576, GPTVQConfig(dim=2, index_bits=4, group_size=1 << 20)) == (40, 192)  # one tile
-    q = gptvq_quantize(*layer(out=50, inp=96)[:2], GPTVQConfig(dim=2, index_bits=4, group_size=512, block_cols=32))
-    assert q.tile_rows == 32  # 3 tiles of 17 rows -> 2 of 32 (the last one ragged)
+    assert tile_shape(40, 576, GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=1 << 20)) == (40, 192)  # one tile
+    q = gptvq_quantize(*layer(out=50, inp=96)[:2], GPTVQConfig(dim=2, index_bits=4, weights_per_codebook=512, block_cols=32))
+    assert q.layout.tile_rows == 32  # 3 tiles of 17 rows -> 2 of 32 (the last one ragged)
     if cpu.native_available():
-        lay = VQLayout(50, 96, 2, 1, 16, 4, q.tile_rows, q.tile_groups)
+        lay = VQLayout(50, 96, 2, 1, 16, 4, q.layout.tile_rows, q.layout.tile_groups)
         assert cpu.index_format(lay) == "u4"
 
 
 def test_gptvq_codes_stored_layout():
     W, H, _ = layer(out=50, inp=96)
-    q = gptvq_quantize(W, H, GPTVQConfig(dim=4, index_bits=5, group_size=1024, block_cols=32))
-    tile_rows, cols = tile_shape(50, 96, GPTVQConfig(dim=4, index_bits=5, group_size=1024, block_cols=32))
-    assert (q.tile_rows, q.tile_groups, q.K, q.d) == (tile_rows, cols // 4, 32, 4)
+    q = gptvq_quantize(W, H, GPTVQConfig(dim=4, index_bits=5, weights_per_codebook=1024, block_cols=32))
+    tile_rows, cols = tile_shape(50, 96, GPTVQConfig(dim=4, index_bits=5, weights_per_codebook=1024, block_cols=32))
+    assert (q.layout.tile_rows, q.layout.tile_groups, q.layout.K, q.layout.d) == (tile_rows, cols // 4, 32, 4)
     assert q.codes().shape == (50, 24, 1) and int(q.codes().max()) < 32
     # decode by hand from the documented layout
     cb, sc, codes = q.codebooks(), q.scales(), q.codes()[:, :, 0]
     manual = torch.stack([
-        torch.cat([cb[r // q.tile_rows, g // q.tile_groups, 0, codes[r, g]] for g in range(24)]) * sc[r]
+        torch.cat([cb[r // q.layout.tile_rows, g // q.layout.tile_groups, 0, codes[r, g]] for g in range(24)]) * sc[r]
         for r in range(50)
     ])
     assert torch.equal(manual, q.dense())

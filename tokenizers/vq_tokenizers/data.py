@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vq.codebook.checks import require_int
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "AUDIO_EXTENSIONS",
@@ -106,8 +108,7 @@ class ImageFolder:
     """All images of a folder in memory; ``batch`` draws random ``crop`` x ``crop`` crops."""
 
     def __init__(self, root: str | Path, crop: int):
-        if crop < 1:
-            raise ValueError(f"crop must be >= 1, got {crop}")
+        require_int("crop", crop, 1)
         self.files = list_files(root, IMAGE_EXTENSIONS)
         self.crop = crop
         self.images = [im for im in map(load_image, self.files) if min(im.shape[1:]) >= crop]
@@ -132,8 +133,7 @@ class AudioFolder:
     of ``segment`` samples (files shorter than a segment are zero-padded)."""
 
     def __init__(self, root: str | Path, sample_rate: int, segment: int):
-        if segment < 1:
-            raise ValueError(f"segment must be >= 1, got {segment}")
+        require_int("segment (samples)", segment, 1)
         self.files = list_files(root, AUDIO_EXTENSIONS)
         self.sample_rate, self.segment = sample_rate, segment
         self.clips = [load_audio(f, sample_rate) for f in self.files]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq.codebook.checks import require_int
+from vq.codebook.checks import require_choice, require_int
 from vq_tokenizers.base import TokenizerModel
 from vq_tokenizers.layers import QuantizerOutput, QuantizerSpec
 
@@ -42,10 +42,8 @@ class ImageTokenizerConfig:
         require_int("hidden", self.hidden, 1)
         require_int("res_blocks", self.res_blocks, 0)
         require_int("dim", self.dim, 1)
-        if self.downsample not in (4, 8):
-            raise ValueError(f"downsample must be 4 or 8, got {self.downsample}")
-        if self.recon_loss not in ("l1", "l2"):
-            raise ValueError(f"recon_loss must be 'l1' or 'l2', got {self.recon_loss!r}")
+        require_choice("downsample", self.downsample, (4, 8))
+        require_choice("recon_loss", self.recon_loss, ("l1", "l2"))
         if isinstance(self.quantizer, dict):
             object.__setattr__(self, "quantizer", QuantizerSpec(**self.quantizer))
 

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq.codebook import KMeans, assign, assign_excluding, check_codes
+from vq.codebook import KMeans, assign, check_codes
 from vq.codebook.fsq import FSQ as FSQGrid
 from vq.codebook.metrics import stage_stats
 from vq.codebook.checks import check_channel_last, check_int_tensor, require_int
@@ -339,31 +339,26 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def refine_codebook(self, x: Tensor, iters: int = 10, split: float = 0.0, split_share: float = 0.0) -> list[float]:
         """Lloyd iterations of the codebook on inputs ``x`` (..., dim) of the trained model (e.g.
-        encoder outputs of the training set, model frozen), starting from the current codewords.
+        encoder outputs of the training set, model frozen), starting from the current codewords:
+        :class:`vq.codebook.KMeans` warm-started from them, with ``empty="keep"``.
 
         Each iteration assigns every vector to its nearest code and moves each code that got
         vectors to their mean (codes without vectors stay), so the mean squared quantization
         error on ``x`` never increases. The EMA statistics are reset to the new codewords, so
         training can go on from them. With ``torch.distributed`` initialised, every rank passes
-        its own shard and the sums are all-reduced (collective: call it on every rank).
+        its own shard and the sums are all-reduced (``KMeans(all_reduce=...)``; collective: call
+        it on every rank).
 
-        ``split`` > 0 (ELBG-style moves, Patane & Russo 2001): in all iterations but the last
-        ``max(1, ceil(iters / 3))``, the ``ceil(split * K)`` codes with the least total error are
-        candidates to move. A candidate's cost is what its vectors would add at their
-        second-nearest code; a target cell's gain is what cutting it in two across its principal
-        axis saves (``count * var * 2 / pi`` for a Gaussian cell). The cheapest candidates pair
-        with the cells of largest gain, and a pair moves when cost < gain: the candidate and the
-        cell's own code go to the means of the two halves (``mean +- sqrt(2 var / pi) * axis``).
-        Codes resting on a few outliers cost almost nothing and move first; Lloyd alone never
-        frees them. Those iterations may raise the error; the last ones are plain Lloyd.
-        Deterministic, and identical on every rank (no random numbers).
-
-        ``split_share``: only cells holding at least this fraction of a uniform share (``n / K``
-        vectors) are cut. The moves lower the error most by cutting large sparse cells, whose
-        halves new data then rarely hits: on the patch bench unrestricted moves took the
-        held-out used fraction at 10 K vectors from 0.98 to 0.94 (docs/results.md). There 0.5 kept
-        >= 95 % used at K = 1024 and 8192 (2812 and 351 vectors per code); K = 65536 with only 44
-        vectors per code needed 0.7, as the shares of so few vectors are noisy.
+        ``split`` > 0, ``split_share``: KMeans's ELBG-style moves (Patane & Russo 2001) in all
+        iterations but the last ``max(1, ceil(iters / 3))``: codes resting on a few outliers
+        move to cut large cells in two, which Lloyd alone never does; deterministic, identical
+        on every rank. ``split_share``: only cells holding at least this fraction of a uniform
+        share (``n / K`` vectors) are cut. The moves lower the error most by cutting large
+        sparse cells, whose halves new data then rarely hits: on the patch bench unrestricted
+        moves took the held-out used fraction at 10 K vectors from 0.98 to 0.94
+        (docs/results.md). There 0.5 kept >= 95 % used at K = 1024 and 8192 (2812 and 351
+        vectors per code); K = 65536 with only 44 vectors per code needed 0.7, as the shares of
+        so few vectors are noisy.
 
         Returns the mean squared error per vector (summed over the c codebook coordinates)
         before each iteration and after the last: ``iters + 1`` floats (non-increasing when
@@ -372,83 +367,21 @@ class VectorQuantizer(nn.Module):
         if isinstance(self, SimVQ):
             raise TypeError("SimVQ's codebook is basis @ W; refine_codebook needs free codewords")
         require_int("iters", iters, 0)
-        if not (isinstance(split, (int, float)) and math.isfinite(split) and 0.0 <= split <= 0.5):
-            raise ValueError(f"split must be a fraction of the codes in [0, 0.5], got {split!r}")
-        if not (isinstance(split_share, (int, float)) and math.isfinite(split_share) and split_share >= 0):
-            raise ValueError(f"split_share must be a finite number >= 0, got {split_share!r}")
         x = check_channel_last(x, self.dim)
         cfg, k = self.config, self.codebook_size
-        split_iters = iters - max(1, -(-iters // 3)) if split > 0 else 0  # settle: ceil(iters / 3)
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = self._project(x.reshape(-1, self.dim).float())  # (n, c)
-            n = _all_reduce_sum(torch.tensor(float(z.shape[0]), device=z.device))
-            history, n_moved = [], 0
-            for it in range(iters + 1):
-                cb = self.effective_codebook().detach()  # (k, c)
-                codes, dist = assign(z, cb, chunk_bytes=cfg.chunk_bytes)  # (n,), (n,)
-                err = _all_reduce_sum(dist.sum(dtype=torch.float64).reshape(1))
-                history.append(float(err / n))
-                if it == iters:
-                    break
-                sums = torch.zeros(k, z.shape[1], device=z.device).index_add_(0, codes, z)  # (k, c)
-                counts = torch.bincount(codes, minlength=k).float()  # (k,)
-                cell_err = torch.zeros(k, device=z.device).index_add_(0, codes, dist.float())  # (k,)
-                packed = _all_reduce_sum(torch.cat([counts[:, None], cell_err[:, None], sums], dim=1))
-                counts, cell_err, sums = packed[:, 0], packed[:, 1], packed[:, 2:]  # (k,), (k,), (k, c)
-                hit = counts > 0
-                new = cb.clone()
-                new[hit] = sums[hit] / counts[hit, None]
-                if it < split_iters:
-                    n_moved += self._elbg_moves(z, codes, dist, cb, new, counts, cell_err, split, split_share)
-                self._set_codebook(new)
+            km = KMeans(k, niter=iters, init=self.effective_codebook().detach(), backend="torch",
+                        chunk_bytes=cfg.chunk_bytes, empty="keep", split=split, split_share=split_share,
+                        spherical=cfg.cosine, all_reduce=_all_reduce_sum if _world() > 1 else None).fit(z)
+            self.codebook.data.copy_(km.centroids)  # unit rows already when cosine (spherical)
         if cfg.update == "ema":
             self.ema_sum.copy_(self.codebook * self.ema_count[:, None])
+        n = float(_all_reduce_sum(torch.tensor(float(z.shape[0]), dtype=torch.float64, device=z.device)))
+        history = [e / n for e in km.history + [km.inertia]]
         log.info("refined %d codes on %d vectors (%d ELBG moves): mse %.4g -> %.4g",
-                 k, int(n), n_moved, history[0], history[-1])  # fmt: skip
+                 k, int(n), km.n_moved, history[0], history[-1])  # fmt: skip
         return history
-
-    def _elbg_moves(self, z: Tensor, codes: Tensor, dist: Tensor, cb: Tensor, new: Tensor, counts: Tensor,
-                    cell_err: Tensor, split: float, split_share: float) -> int:
-        """One round of ELBG moves (see :meth:`refine_codebook`), in place on ``new`` (k, c), the
-        Lloyd update of ``cb``; ``codes`` / ``dist`` (n,) this rank's assignment to ``cb``,
-        ``counts`` / ``cell_err`` (k,) all-reduced. Returns how many codes moved."""
-        k, c = cb.shape
-        m = min(math.ceil(split * k), k // 2)
-        order = torch.argsort(cell_err)  # (k,) least total error first
-        cand, targets = order[:m], torch.flip(order[m:], (0,))[:m]  # (m,), (m,) disjoint
-        is_cand = torch.zeros(k, dtype=torch.bool, device=z.device)
-        is_cand[cand] = True
-        slot = torch.full((k,), -1, dtype=torch.long, device=z.device)
-        slot[targets] = torch.arange(m, device=z.device)
-        # cost: the candidates' vectors at their second-nearest code (own code masked out)
-        rows = torch.nonzero(is_cand[codes])[:, 0]
-        cost = torch.zeros(k, device=z.device)
-        if rows.numel():  # a rank may hold no vector of any candidate
-            _, second = assign_excluding(z[rows], cb, codes[rows], chunk_bytes=self.config.chunk_bytes)
-            cost.index_add_(0, codes[rows], second - dist[rows])
-        # gain: second moments of the target cells -> principal axis and variance of each
-        moments = torch.zeros(m, c * c, device=z.device)
-        rows = torch.nonzero(slot[codes] >= 0)[:, 0]
-        for s in range(0, rows.shape[0], 65536):
-            r = rows[s : s + 65536]
-            moments.index_add_(0, slot[codes[r]], (z[r, :, None] * z[r, None, :]).reshape(-1, c * c))
-        packed = _all_reduce_sum(torch.cat([cost, moments.reshape(-1)]))
-        cost, moments = packed[:k], packed[k:].reshape(m, c, c)
-        n_t = counts[targets].clamp_min(1.0)  # (m,)
-        mean_t = new[targets]  # (m, c) the cells' means after the Lloyd update
-        cov = moments / n_t[:, None, None] - mean_t[:, :, None] * mean_t[:, None, :]
-        var, axes = torch.linalg.eigh(cov)  # ascending
-        var, axis = var[:, -1].clamp_min(0.0), axes[:, :, -1]  # (m,), (m, c)
-        gain = n_t * var * (2.0 / math.pi)  # (m,)
-        gain[n_t < split_share * counts.sum() / k] = 0.0  # too small to cut: no move pays
-        by_gain = torch.argsort(gain, descending=True)
-        by_cost = cand[torch.argsort(cost[cand])]
-        ok = cost[by_cost] < gain[by_gain]  # (m,) cheapest candidate <-> largest gain, in turn
-        moved, t = by_cost[ok], by_gain[ok]
-        offset = (var[t] * (2.0 / math.pi)).sqrt()[:, None] * axis[t]  # (moves, c)
-        new[moved] = mean_t[t] + offset
-        new[targets[t]] = mean_t[t] - offset
-        return int(ok.sum())
 
     # -- training-time state updates -----------------------------------------------------------
     @torch.no_grad()

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from vq.codebook.checks import require_choice, require_number
 from vq.codebook.metrics import used_fraction
 from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
 from vq_tokenizers.data import AudioFolder, ImageFolder
@@ -67,16 +68,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+        require_choice("kind", self.kind, _KINDS)
         for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every", "eval_batches"):
-            v = getattr(self, name)
+            v = getattr(self, name)  # not require_int: a non-int here has always been a ValueError
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.segment > 0:
-            raise ValueError(f"segment must be > 0 seconds, got {self.segment}")
+        require_number("lr", self.lr, 0.0, low_open=True)
+        require_number("segment (seconds)", self.segment, 0.0, low_open=True)
         build_model(self)  # validates the model fields early (cheap: small modules)
 
     def model_config(self) -> ImageTokenizerConfig | AudioCodecConfig:

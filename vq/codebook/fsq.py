@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.checks import check_codes, check_vectors, check_weights, require_int
 from vq.codebook.protocol import Codec, register_codec
 
 __all__ = ["FSQ"]
@@ -56,10 +56,7 @@ class FSQ(Codec):
         if len(levels) == 0:
             raise ValueError("levels must not be empty")
         for i, lv in enumerate(levels):
-            if isinstance(lv, bool) or not isinstance(lv, int):
-                raise TypeError(f"levels[{i}] must be an int, got {type(lv).__name__}")
-            if lv < 2:
-                raise ValueError(f"levels[{i}] must be >= 2, got {lv}")
+            require_int(f"levels[{i}]", lv, 2)
         size = math.prod(levels)
         if size >= _MAX_CODEBOOK:
             raise ValueError(f"codebook size prod(levels) = {size} does not fit an int64 index")

@@ -15,14 +15,22 @@ the weights are not per-coordinate; torch otherwise. On the CPU the nearest-cent
 runs a fused distance+argmin kernel (``vq/codebook/_native.py``) when a C compiler is present;
 otherwise (and on GPU) distances are computed in chunks whose ``rows x k`` block stays under
 ``chunk_bytes``. Either way memory is bounded for any ``n``.
+
+Options of the torch backend for clients that refine a codebook they already hold (the tokenizer
+layers' ``refine_codebook``): a warm start (``init`` = the (k, d) starting centroids, or ``None``
+to continue from the loaded / fitted ones), a reduction hook (``all_reduce``: data-parallel ranks
+sum each iteration's statistics, so every rank computes the same centroids from its own shard),
+ELBG-style cell splitting (``split`` / ``split_share``), what happens to empty clusters
+(``empty``) and spherical updates (``spherical``). See :class:`KMeans`.
 """
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vq.codebook import _native
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNK_BYTES = 8 * 2**20
 _INITS = ("k-means++", "random")
 _BACKENDS = ("auto", "faiss", "torch")
+_EMPTY = ("reseed", "keep")
 
 
 def _faiss():
@@ -282,47 +291,113 @@ class KMeans(Codec):
     """k-means codebook: ``KMeans(k, niter=20, init="k-means++", backend="auto", seed=0).fit(x)``.
 
     After ``fit``: ``centroids`` (k, d) float32, ``inertia`` (the weighted objective at the final
-    centroids and assignments), ``history`` (objective after each iteration, torch backend).
-    ``encode`` returns (n, 1) int64 codes, ``decode`` maps them back to (n, d).
+    centroids and assignments), ``history`` (objective before each iteration, torch backend),
+    ``n_moved`` (ELBG moves made). ``encode`` returns (n, 1) int64 codes, ``decode`` maps them
+    back to (n, d).
+
+    Options for refining a codebook one already holds (torch backend; ``auto`` picks it when
+    any is set, ``faiss`` refuses them):
+
+    - ``init``: ``"k-means++"`` / ``"random"`` seed from the data; a (k, d) tensor is a warm
+      start (the KMeans holds those centroids from construction on, so ``fit`` may see fewer
+      than k vectors, e.g. one rank's shard); ``None`` continues from the centroids the KMeans
+      holds (``load_state_dict``, an earlier fit), and is what ``config()`` records for a warm
+      start. Warm-starting with the centroids after ``a`` iterations and running ``b`` more
+      gives the centroids of ``a + b`` iterations.
+    - ``all_reduce``: called once per iteration on one packed float64 tensor of this process's
+      statistics (per-cluster sums and counts, the objective, the ELBG cell errors); must
+      return the elementwise sum over all processes (e.g. ``dist.all_reduce`` on it). Every
+      process then computes the same centroids, which are those of one fit on all shards. An
+      ELBG iteration makes a second call (the candidates' costs and target cells' moments).
+      Needs a warm start identical on every process and ``empty="keep"``. Not part of
+      ``config()``: a runtime hook.
+    - ``empty``: ``"reseed"`` (default) puts each empty cluster on a distinct point that is
+      currently worst represented (this process's points: it would diverge across processes);
+      ``"keep"``: an empty cluster keeps its centroid (it can still move by ELBG).
+    - ``split`` in [0, 0.5], ``split_share`` >= 0: ELBG-style moves (Patane & Russo 2001) in all
+      iterations but the last ``max(1, ceil(niter / 3))``. The ``ceil(split * k)`` clusters with
+      the least total error are candidates to move. A candidate's cost is what its vectors
+      would add at their second-nearest centroid; a target cell's gain is what cutting it in two
+      across its principal axis saves (``count * var * 2 / pi`` for a Gaussian cell). The
+      cheapest candidates pair with the cells of largest gain, and a pair moves when cost <
+      gain: the candidate and the cell's own centroid go to the means of the two halves
+      (``mean +- sqrt(2 var / pi) * axis``). Centroids resting on a few outliers cost almost
+      nothing and move first; Lloyd alone never frees them. Those iterations may raise the
+      objective; the last ones are plain Lloyd. Only cells holding at least ``split_share`` of
+      a uniform share (``n / k`` vectors) are cut. Deterministic (no random numbers).
+      Unweighted data only.
+    - ``spherical``: l2-normalise the centroids after every update (spherical k-means, for
+      unit-norm data such as cosine codes).
     """
 
     def __init__(
         self,
         k: int,
         niter: int = 20,
-        init: str = "k-means++",
+        init: str | Tensor | None = "k-means++",
         backend: str = "auto",
         seed: int = 0,
         max_points_per_centroid: int | None = None,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         dim: int | None = None,
+        *,
+        all_reduce: Callable[[Tensor], Tensor] | None = None,
+        empty: str = "reseed",
+        split: float = 0.0,
+        split_share: float = 0.0,
+        spherical: bool = False,
     ):
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if not isinstance(niter, int) or niter < 0:
             raise ValueError(f"niter must be a non-negative int, got {niter!r}")
-        if init not in _INITS:
-            raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+        start = None
+        if isinstance(init, Tensor):
+            start = check_vectors(init, dim=dim, name="init")
+            if start.shape[0] != k:
+                raise ValueError(f"init must have shape ({k}, d) (one starting centroid per cluster), "
+                                 f"got {tuple(start.shape)}")
+            init, dim = None, start.shape[1]
+        elif init is not None and init not in _INITS:
+            raise ValueError(f"init must be one of {_INITS}, a (k, d) tensor or None, got {init!r}")
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if backend == "faiss" and _faiss() is None:
             raise ValueError("backend='faiss' requested but faiss is not installed (pip install faiss-cpu)")
         if max_points_per_centroid is not None and max_points_per_centroid < 1:
             raise ValueError(f"max_points_per_centroid must be >= 1 or None, got {max_points_per_centroid}")
+        if empty not in _EMPTY:
+            raise ValueError(f"empty must be one of {_EMPTY}, got {empty!r}")
+        if not (isinstance(split, (int, float)) and math.isfinite(split) and 0.0 <= split <= 0.5):
+            raise ValueError(f"split must be a fraction of the clusters in [0, 0.5], got {split!r}")
+        if not (isinstance(split_share, (int, float)) and math.isfinite(split_share) and split_share >= 0):
+            raise ValueError(f"split_share must be a finite number >= 0, got {split_share!r}")
+        if all_reduce is not None and not callable(all_reduce):
+            raise ValueError(f"all_reduce must be a callable or None, got {type(all_reduce).__name__}")
+        if all_reduce is not None and init is not None:
+            raise ValueError("all_reduce needs a warm start (init = the (k, d) centroids, identical on every "
+                             f"process): init={init!r} would seed from each process's own data")
+        if all_reduce is not None and empty != "keep":
+            raise ValueError("all_reduce needs empty='keep': re-seeding empty clusters at this process's "
+                             "worst-fit points would make the processes' centroids diverge")
         self.k, self.niter, self.init, self.backend, self.seed = k, niter, init, backend, seed
         self.max_points_per_centroid = max_points_per_centroid
         self.chunk_bytes = chunk_bytes
+        self.all_reduce, self.empty, self.spherical = all_reduce, empty, bool(spherical)
+        self.split, self.split_share = float(split), float(split_share)
         self.dim = dim  # type: ignore[assignment]
-        self.centroids: Tensor | None = None
+        self.centroids: Tensor | None = None if start is None else start.float().clone()
         self.inertia: float = math.nan
         self.history: list[float] = []
+        self.n_moved = 0
 
     # -- protocol ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {
             "k": self.k, "niter": self.niter, "init": self.init, "backend": self.backend,
             "seed": self.seed, "max_points_per_centroid": self.max_points_per_centroid,
-            "chunk_bytes": self.chunk_bytes, "dim": self.dim,
+            "chunk_bytes": self.chunk_bytes, "dim": self.dim, "empty": self.empty, "split": self.split,
+            "split_share": self.split_share, "spherical": self.spherical,
         }
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -365,8 +440,13 @@ class KMeans(Codec):
         x = check_vectors(x, dim=self.dim)
         w = check_weights(weights, x)
         n, d = x.shape
-        if self.k > n:
+        if self.init is None and self.centroids is None:
+            raise ValueError("init=None continues from the centroids this KMeans holds (a warm-start tensor, "
+                             "load_state_dict or an earlier fit), but it holds none")
+        if self.init is not None and self.k > n:  # a warm start fits any n
             raise ValueError(f"k={self.k} is larger than the number of vectors n={n}")
+        if self.split > 0 and w is not None:
+            raise ValueError("split (ELBG moves) supports unweighted data only; pass weights=None or split=0")
         self.dim = d
         gen = torch.Generator().manual_seed(self.seed)
         x = x.float()
@@ -383,14 +463,19 @@ class KMeans(Codec):
 
     def _pick_backend(self, x: Tensor, w: Tensor | None) -> str:
         per_coord = w is not None and w.dim() == 2
+        refining = (self.init is None or self.all_reduce is not None or self.split > 0 or self.empty != "reseed"
+                    or self.spherical)  # fmt: skip
         if self.backend == "faiss":
+            if refining:
+                raise ValueError("the faiss backend takes none of warm start (init tensor / None), all_reduce, "
+                                 "split, empty='keep', spherical; use backend='torch' or 'auto'")
             if per_coord:
                 raise ValueError("the faiss backend supports per-sample (n,) weights only; use backend='torch' "
                                  "or 'auto' for per-coordinate (n, d) weights")
             if x.device.type != "cpu":
                 raise ValueError("backend='faiss' takes CPU tensors; use backend='torch' on GPU tensors")
             return "faiss"
-        if self.backend == "torch" or per_coord or x.device.type != "cpu" or _faiss() is None:
+        if self.backend == "torch" or per_coord or refining or x.device.type != "cpu" or _faiss() is None:
             return "torch"
         return "faiss"
 
@@ -400,40 +485,120 @@ class KMeans(Codec):
         return kmeans_plusplus(x, self.k, w, gen)
 
     def _fit_torch(self, x: Tensor, w: Tensor | None, gen: torch.Generator) -> None:
-        c = self._init_centroids(x, w, gen)
+        c = self._init_centroids(x, w, gen) if self.init is not None else self.centroids.to(x.device)
         w_rows = w if (w is not None and w.dim() == 1) else None
         w_coord = w if (w is not None and w.dim() == 2) else None
-        self.history = []
+        # ELBG moves in all but the last ceil(niter / 3) iterations, which are plain Lloyd
+        split_iters = self.niter - max(1, -(-self.niter // 3)) if self.split > 0 else 0
+        self.history, self.n_moved = [], 0
         for it in range(self.niter):
             idx, dist = _assign(x, c, w, self.chunk_bytes)
-            self.history.append(float(dist.sum(dtype=torch.float64)))
-            c = self._update(x, idx, dist, w_rows, w_coord, c, gen)
-        idx, dist = _assign(x, c, w, self.chunk_bytes)
-        self.inertia = float(dist.sum(dtype=torch.float64))
+            num, den, err, cell_err = self._statistics(x, idx, dist, w_rows, w_coord, cells=it < split_iters)
+            self.history.append(err)
+            new = self._update(x, num, den, dist, c)
+            if it < split_iters:
+                self.n_moved += self._elbg_moves(x, idx, dist, c, new, den[:, 0], cell_err)
+            c = F.normalize(new, dim=1) if self.spherical else new
+        _, dist = _assign(x, c, w, self.chunk_bytes)
+        (err,) = self._reduce(dist.sum(dtype=torch.float64).reshape(1))
+        self.inertia = float(err)
         self.centroids = c
-        log.debug("kmeans(k=%d, n=%d, d=%d) torch: inertia %.6g", self.k, x.shape[0], x.shape[1], self.inertia)
+        log.debug("kmeans(k=%d, n=%d, d=%d) torch: inertia %.6g, %d ELBG moves",
+                  self.k, x.shape[0], x.shape[1], self.inertia, self.n_moved)  # fmt: skip
 
-    def _update(
-        self, x: Tensor, idx: Tensor, dist: Tensor, w_rows: Tensor | None, w_coord: Tensor | None,
-        old: Tensor, gen: torch.Generator,
-    ) -> Tensor:
-        """Lloyd update: (weighted) mean per cluster; empty clusters re-seeded at the worst-fit points."""
-        k, d = old.shape
+    def _reduce(self, *parts: Tensor | None) -> tuple[Tensor | None, ...]:
+        """``parts`` summed over processes by the ``all_reduce`` hook, in one call on one packed
+        float64 tensor; unchanged without a hook. ``None`` parts pass through."""
+        if self.all_reduce is None:
+            return parts
+        live = [p for p in parts if p is not None]
+        packed = torch.cat([p.reshape(-1).double() for p in live])  # (sum of numels,)
+        out = self.all_reduce(packed)
+        if not isinstance(out, Tensor) or out.shape != packed.shape:
+            raise ValueError(f"all_reduce must return the summed tensor of shape {tuple(packed.shape)}, "
+                             f"got {type(out).__name__}")
+        pieces = iter(out.split([p.numel() for p in live]))
+        return tuple(None if p is None else next(pieces).reshape(p.shape).to(p.dtype) for p in parts)
+
+    def _statistics(
+        self, x: Tensor, idx: Tensor, dist: Tensor, w_rows: Tensor | None, w_coord: Tensor | None, cells: bool,
+    ) -> tuple[Tensor, Tensor, float, Tensor | None]:
+        """Sums of one assignment, all-reduced: ``num`` (k, d) weighted sums of the points, ``den``
+        (k, d) per-coordinate or (k, 1) per-cluster weight mass, the objective, and (``cells``,
+        for ELBG) each cluster's total error (k,)."""
+        k, d = self.k, x.shape[1]
         if w_coord is not None:
             num = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord * x)
             den = torch.zeros(k, d, device=x.device).index_add_(0, idx, w_coord)
         else:
             xw = x if w_rows is None else x * w_rows[:, None]  # (n, d)
             num = torch.zeros(k, d, device=x.device).index_add_(0, idx, xw)
-            den = torch.bincount(idx, weights=w_rows, minlength=k).to(x.dtype)[:, None].expand(k, d)
+            den = torch.bincount(idx, weights=w_rows, minlength=k).to(x.dtype)[:, None]  # (k, 1)
+        err = dist.sum(dtype=torch.float64).reshape(1)
+        cell_err = torch.zeros(k, device=x.device).index_add_(0, idx, dist) if cells else None
+        num, den, err, cell_err = self._reduce(num, den, err, cell_err)
+        return num, den, float(err), cell_err
+
+    def _update(self, x: Tensor, num: Tensor, den: Tensor, dist: Tensor, old: Tensor) -> Tensor:
+        """Lloyd update: (weighted) mean per cluster; an empty cluster keeps ``old``'s centroid
+        (``empty="keep"``) or is re-seeded at a worst-fit point (``"reseed"``)."""
+        k, d = old.shape
+        den = den.expand(k, d)
         c = torch.where(den > 0, num / den.clamp_min(1e-30), old)
-        empty = torch.nonzero((den > 0).sum(1) == 0).flatten()
-        if empty.numel():
+        empty = torch.nonzero((den > 0).sum(1) == 0).flatten() if self.empty == "reseed" else None
+        if empty is not None and empty.numel():
             # re-seed each empty centroid on a distinct point that is currently worst represented
+            # (a warm start on fewer points than clusters: the rest stay)
+            empty = empty[: x.shape[0]]
             order = torch.argsort(dist, descending=True)
             c[empty] = x[order[: empty.numel()]]
             log.debug("kmeans: re-seeded %d empty clusters", empty.numel())
         return c
+
+    def _elbg_moves(self, x: Tensor, idx: Tensor, dist: Tensor, old: Tensor, new: Tensor, counts: Tensor,
+                    cell_err: Tensor) -> int:
+        """One round of ELBG moves (see the class docstring), in place on ``new`` (k, d), the Lloyd
+        update of ``old``; ``idx`` / ``dist`` (n,) this process's assignment to ``old``, ``counts``
+        / ``cell_err`` (k,) all-reduced. Returns how many centroids moved."""
+        k, d = old.shape
+        m = min(math.ceil(self.split * k), k // 2)
+        if m == 0:  # k = 1: nothing can move (the same on every process)
+            return 0
+        order = torch.argsort(cell_err)  # (k,) least total error first
+        cand, targets = order[:m], torch.flip(order[m:], (0,))[:m]  # (m,), (m,) disjoint
+        is_cand = torch.zeros(k, dtype=torch.bool, device=x.device)
+        is_cand[cand] = True
+        slot = torch.full((k,), -1, dtype=torch.long, device=x.device)
+        slot[targets] = torch.arange(m, device=x.device)
+        # cost: the candidates' vectors at their second-nearest centroid (own one excluded)
+        rows = torch.nonzero(is_cand[idx])[:, 0]
+        cost = torch.zeros(k, device=x.device)
+        if rows.numel():  # a process may hold no vector of any candidate
+            _, second = _chunked_nearest(x[rows], old, None, self.chunk_bytes, idx[rows])
+            cost.index_add_(0, idx[rows], second - dist[rows])
+        # gain: second moments of the target cells -> principal axis and variance of each
+        moments = torch.zeros(m, d * d, device=x.device)
+        rows = torch.nonzero(slot[idx] >= 0)[:, 0]
+        for s in range(0, rows.shape[0], 65536):
+            r = rows[s : s + 65536]
+            moments.index_add_(0, slot[idx[r]], (x[r, :, None] * x[r, None, :]).reshape(-1, d * d))
+        cost, moments = self._reduce(cost, moments)
+        moments = moments.reshape(m, d, d)
+        n_t = counts[targets].clamp_min(1.0)  # (m,)
+        mean_t = new[targets]  # (m, d) the cells' means after the Lloyd update
+        cov = moments / n_t[:, None, None] - mean_t[:, :, None] * mean_t[:, None, :]
+        var, axes = torch.linalg.eigh(cov)  # ascending
+        var, axis = var[:, -1].clamp_min(0.0), axes[:, :, -1]  # (m,), (m, d)
+        gain = n_t * var * (2.0 / math.pi)  # (m,)
+        gain[n_t < self.split_share * counts.sum() / k] = 0.0  # too small to cut: no move pays
+        by_gain = torch.argsort(gain, descending=True)
+        by_cost = cand[torch.argsort(cost[cand])]
+        ok = cost[by_cost] < gain[by_gain]  # (m,) cheapest candidate <-> largest gain, in turn
+        moved, t = by_cost[ok], by_gain[ok]
+        offset = (var[t] * (2.0 / math.pi)).sqrt()[:, None] * axis[t]  # (moves, d)
+        new[moved] = mean_t[t] + offset
+        new[targets[t]] = mean_t[t] - offset
+        return int(ok.sum())
 
     def _fit_faiss(self, x: Tensor, w: Tensor | None, gen: torch.Generator) -> None:
         faiss = _faiss()

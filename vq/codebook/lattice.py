@@ -39,9 +39,11 @@ candidates of 8 coordinates each — exact, and 256x less work than brute force.
 PVQ (codec)
 -----------
 Pyramid VQ (Fischer 1986): the shapes are the integer vectors ``y ∈ Z^d`` with
-``|y|_1 = K``; there are ``N(d, K)`` of them, counted by ``N(d, k) = N(d-1, k) + N(d, k-1)
-+ N(d-1, k-1)``. ``point_to_index`` / ``index_to_point`` are an exact bijection onto
-``[0, N(d, K))`` (enumeration ordered by the first coordinate: 0, +1, -1, +2, -2, ...).
+``|y|_1 = pulses``; there are ``N(d, pulses)`` of them, counted by ``N(d, k) = N(d-1, k) +
+N(d, k-1) + N(d-1, k-1)``. ``point_to_index`` / ``index_to_point`` are an exact bijection onto
+``[0, N(d, pulses))`` (enumeration ordered by the first coordinate: 0, +1, -1, +2, -2, ...).
+(The pulse count is called ``K`` in the PVQ literature; here ``K`` always means a codebook's
+size, so it is ``pulses``. Saved configs with the old key ``"K"`` still load.)
 A vector is coded as ``gain * y / |y|_2`` with codes ``(n, 2) = [shape index, gain index]``:
 the shape comes from projecting ``x`` onto the pyramid (:meth:`PVQ.project`: the better of
 "round, then fix the L1 norm pulse by pulse" and the CELT/Opus-style greedy pulse search); the
@@ -59,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.checks import check_codes, check_vectors, check_weights, require_int, require_number
 from vq.codebook.protocol import Codec, register_codec
 
 __all__ = [
@@ -109,11 +111,7 @@ class E8:
     dim = 8
 
     def __init__(self, scale: float = 1.0):
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be finite and > 0, got {scale}")
-        self.scale = float(scale)
+        self.scale = require_number("scale", scale, 0.0, low_open=True)
 
     def nearest(self, x: Tensor) -> Tensor:
         """x (n, 8) float -> nearest points of ``scale * E8``, (n, 8), dtype of x (float64 kept,
@@ -266,11 +264,7 @@ class E8P(Codec):
     dim = 8
 
     def __init__(self, niter: int = 10):
-        if isinstance(niter, bool) or not isinstance(niter, int):
-            raise TypeError(f"niter must be an int, got {type(niter).__name__}")
-        if niter < 0:
-            raise ValueError(f"niter must be >= 0, got {niter}")
-        self.niter = niter
+        self.niter = require_int("niter", niter, 0)
         self.scale = torch.ones(1, dtype=torch.float32)
 
     def fit(self, x: Tensor, weights: Tensor | None = None) -> "E8P":
@@ -361,48 +355,50 @@ def _pyramid_table(d: int, k: int) -> tuple[list[list[int]], Tensor, Tensor]:
     return N, torch.tensor(N, dtype=torch.int64), torch.tensor(P, dtype=torch.int64)
 
 
-def pyramid_count(d: int, k: int) -> int:
-    """Number of integer vectors in Z^d with L1 norm exactly k (exact Python int)."""
-    if d < 1 or k < 0:
-        raise ValueError(f"need d >= 1 and k >= 0, got d={d}, k={k}")
-    return _pyramid_counts(d, k)[d][k]
+def pyramid_count(dim: int, pulses: int) -> int:
+    """Number of integer vectors in Z^dim with L1 norm exactly ``pulses`` (exact Python int)."""
+    require_int("dim", dim, 1)
+    require_int("pulses", pulses, 0)
+    return _pyramid_counts(dim, pulses)[dim][pulses]
 
 
 @register_codec
 class PVQ(Codec):
-    """Pyramid VQ with a scalar gain: ``xhat = gain * y / |y|_2`` with ``y ∈ Z^dim, |y|_1 = K``.
+    """Pyramid VQ with a scalar gain: ``xhat = gain * y / |y|_2`` with ``y ∈ Z^dim, |y|_1 = pulses``.
 
     Args:
         dim: vector length (>= 1).
-        K: number of pulses, the pyramid's L1 norm (>= 1); ``N(dim, K)`` must fit in int64.
+        pulses: number of pulses, the pyramid's L1 norm (>= 1); ``N(dim, pulses)`` must fit in
+            int64.
         gain_bits: bits of the gain index (1..16); index 0 is gain 0, the rest are log-uniform
             in ``[gain_min, gain_max]`` learned by ``fit``.
 
     ``encode``: x (n, dim) -> codes (n, 2) int64 ``[shape index, gain index]``;
-    ``decode``: (n, 2) -> (n, dim) float32. Code bits: ``ceil(log2 N(dim, K)) + gain_bits``
+    ``decode``: (n, 2) -> (n, dim) float32. Code bits: ``ceil(log2 N(dim, pulses)) + gain_bits``
     (fixed-width fields).
     """
 
-    def __init__(self, dim: int, K: int, gain_bits: int = 8):
-        for name, v in (("dim", dim), ("K", K), ("gain_bits", gain_bits)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if K < 1:
-            raise ValueError(f"K must be >= 1, got {K}")
-        if not 1 <= gain_bits <= 16:
-            raise ValueError(f"gain_bits must be in [1, 16], got {gain_bits}")
-        count = pyramid_count(dim, K)
+    def __init__(self, dim: int, pulses: int, gain_bits: int = 8):
+        require_int("dim", dim, 1)
+        require_int("pulses", pulses, 1)
+        require_int("gain_bits", gain_bits, 1, 16)
+        count = pyramid_count(dim, pulses)
         if count >= _INT64_LIMIT:
-            raise ValueError(f"N(dim={dim}, K={K}) = {count} shapes does not fit an int64 index")
-        self.dim, self.K, self.gain_bits = dim, K, gain_bits
+            raise ValueError(f"N(dim={dim}, pulses={pulses}) = {count} shapes does not fit an int64 index")
+        self.dim, self.pulses, self.gain_bits = dim, pulses, gain_bits
         self.num_shapes = count
         self.gain_range = torch.zeros(2, dtype=torch.float32)  # [gain_min, gain_max]; unfitted
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PVQ":
+        """Also reads configs saved before the pulse count was renamed (key ``"K"``)."""
+        if "K" in config and "pulses" not in config:
+            config = {("pulses" if key == "K" else key): v for key, v in config.items()}
+        return super().from_config(config)
+
     # -- exact enumeration -------------------------------------------------------------------
     def point_to_index(self, y: Tensor) -> Tensor:
-        """Pyramid points y (n, dim) integer-valued with ``|y|_1 = K`` -> indices (n,) int64."""
+        """Pyramid points y (n, dim) integer-valued with ``|y|_1 = pulses`` -> indices (n,) int64."""
         if not isinstance(y, Tensor):
             raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
         if y.dim() != 2 or y.shape[1] != self.dim:
@@ -411,13 +407,13 @@ class PVQ(Codec):
             if not bool(torch.isfinite(y).all()) or not bool((y == torch.round(y)).all()):
                 raise ValueError("y must hold integer values")
         y = y.long()
-        if bool((y.abs().sum(dim=1) != self.K).any()):
-            raise ValueError(f"every row of y must have L1 norm exactly K={self.K}")
-        _, Nt, Pt = _pyramid_table(self.dim, self.K)
+        if bool((y.abs().sum(dim=1) != self.pulses).any()):
+            raise ValueError(f"every row of y must have L1 norm exactly pulses={self.pulses}")
+        _, Nt, Pt = _pyramid_table(self.dim, self.pulses)
         Nt, Pt = Nt.to(y.device), Pt.to(y.device)
         n = y.shape[0]
         idx = torch.zeros(n, dtype=torch.int64, device=y.device)
-        rem = torch.full((n,), self.K, dtype=torch.int64, device=y.device)
+        rem = torch.full((n,), self.pulses, dtype=torch.int64, device=y.device)
         for i in range(self.dim):
             l = self.dim - i
             a = y[:, i].abs()
@@ -427,18 +423,18 @@ class PVQ(Codec):
         return idx
 
     def index_to_point(self, index: Tensor) -> Tensor:
-        """Indices (n,) int in ``[0, N(dim, K))`` -> pyramid points (n, dim) int64."""
+        """Indices (n,) int in ``[0, N(dim, pulses))`` -> pyramid points (n, dim) int64."""
         if isinstance(index, Tensor) and index.dim() == 1:
             index = index[:, None]  # (n, 1)
         idx = check_codes(index, 1, self.num_shapes, name="index")[:, 0].clone()
-        _, Nt, Pt = _pyramid_table(self.dim, self.K)
+        _, Nt, Pt = _pyramid_table(self.dim, self.pulses)
         Nt, Pt = Nt.to(idx.device), Pt.to(idx.device)
         n = idx.shape[0]
         y = torch.zeros(n, self.dim, dtype=torch.int64, device=idx.device)
-        rem = torch.full((n,), self.K, dtype=torch.int64, device=idx.device)
+        rem = torch.full((n,), self.pulses, dtype=torch.int64, device=idx.device)
         for i in range(self.dim):
             l = self.dim - i
-            row = Pt[l, rem, : self.K + 1]  # (n, K+1); entries with a > rem are int64 max
+            row = Pt[l, rem, : self.pulses + 1]  # (n, pulses+1); entries with a > rem are int64 max
             a = (row <= idx[:, None]).sum(dim=1) - 1  # largest a with P[a] <= idx
             idx = idx - row.gather(1, a[:, None])[:, 0]
             npos = Nt[l - 1, rem - a]
@@ -449,29 +445,29 @@ class PVQ(Codec):
         return y
 
     def project(self, x: Tensor) -> Tensor:
-        """Project x (n, dim) onto the pyramid: the shape ``y`` (``|y|_1 = K``) whose direction
+        """Project x (n, dim) onto the pyramid: the shape ``y`` (``|y|_1 = pulses``) whose direction
         should best match x. Two candidates, the better (larger ``<|x|, |y|>^2 / |y|^2``) kept
         per row:
 
-        * rounding: scale |x| to L1 norm K, round, then add/remove single pulses where the
+        * rounding: scale |x| to L1 norm ``pulses``, round, then add/remove single pulses where the
           rounding erred most (at most ``dim/2`` fixes, one per coordinate);
         * greedy (as in CELT/Opus PVQ search): floor the scaled |x|, then add the missing pulses
           one at a time where they raise the correlation ``<|x|, y> / |y|_2`` most.
 
-        Signs follow x (0 counts as +). A zero row maps to ``K * e_0``; exact pyramid points
+        Signs follow x (0 counts as +). A zero row maps to ``pulses * e_0``; exact pyramid points
         (and their positive multiples) map to themselves. Returns (n, dim) int64.
         """
         x = check_vectors(x, self.dim).double()
         ax = x.abs()
         l1 = ax.sum(dim=1, keepdim=True)  # (n, 1)
         zero = l1[:, 0] == 0
-        t = self.K * ax / torch.where(zero[:, None], torch.ones_like(l1), l1)  # target |y|
-        t[zero, 0] = self.K
+        t = self.pulses * ax / torch.where(zero[:, None], torch.ones_like(l1), l1)  # target |y|
+        t[zero, 0] = self.pulses
         ax = torch.where(zero[:, None], t, ax)
         rows = torch.arange(x.shape[0], device=x.device)
         # candidate 1: round, then fix the L1 norm
         a = torch.round(t)
-        deficit = (self.K - a.sum(dim=1)).long()  # (n,), |deficit| <= dim/2
+        deficit = (self.pulses - a.sum(dim=1)).long()  # (n,), |deficit| <= dim/2
         r = t - a  # > 0: rounded down; < 0: rounded up
         order_up = torch.argsort(r, dim=1, descending=True)  # (n, dim)
         order_dn = torch.argsort(r, dim=1)
@@ -480,7 +476,7 @@ class PVQ(Codec):
         a = a - torch.zeros_like(a).scatter_(1, order_dn, (rank < (-deficit)[:, None]).to(a.dtype))
         # candidate 2: floor, then greedy pulses maximising (xy + |x_i|)^2 / (yy + 2 y_i + 1)
         b = torch.floor(t)
-        missing = (self.K - b.sum(dim=1)).long()  # (n,), in [0, dim)
+        missing = (self.pulses - b.sum(dim=1)).long()  # (n,), in [0, dim)
         xy, yy = (ax * b).sum(dim=1), (b * b).sum(dim=1)
         for _ in range(int(missing.max()) if missing.numel() else 0):
             i = ((xy[:, None] + ax) ** 2 / (yy[:, None] + 2 * b + 1)).argmax(dim=1)  # (n,)
@@ -557,7 +553,7 @@ class PVQ(Codec):
         return float(math.ceil(math.log2(self.num_shapes)) + self.gain_bits) if self.num_shapes > 1 else float(self.gain_bits)
 
     def config(self) -> dict[str, Any]:
-        return {"dim": self.dim, "K": self.K, "gain_bits": self.gain_bits}
+        return {"dim": self.dim, "pulses": self.pulses, "gain_bits": self.gain_bits}
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"gain_range": self.gain_range.clone()}

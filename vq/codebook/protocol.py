@@ -65,7 +65,13 @@ class Codec(ABC):
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments; ``type(self)(**config())`` rebuilds it."""
+        """JSON-serialisable constructor arguments; ``type(self).from_config(config())`` rebuilds it."""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Codec":
+        """The codec that :meth:`config` describes, unfitted: ``cls(**config)``. A family whose
+        constructor arguments were renamed overrides this to read its old saved configs too."""
+        return cls(**config)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {}
@@ -123,5 +129,10 @@ def load_codec(path: str | Path) -> Codec:
     name = meta.get("codec")
     if name not in CODECS:
         raise ValueError(f"{path}: unknown codec {name!r}; known: {sorted(CODECS)}")
-    codec = CODECS[name](**json.loads(meta["config"]))
+    config = json.loads(meta.get("config", "{}"))
+    try:
+        codec = CODECS[name].from_config(config)
+    except TypeError as e:  # a key the constructor does not take, or a missing one
+        raise ValueError(f"{path}: the saved {name} config {config} does not match "
+                         f"{name}'s arguments ({e}); was it written by another version of vq?") from e
     return codec.load_state_dict(tensors)

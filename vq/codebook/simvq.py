@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from vq.codebook.kmeans import KMeans, assign
-from vq.codebook.checks import check_codes, check_vectors, check_weights
+from vq.codebook.checks import check_codes, check_vectors, check_weights, require_int
 from vq.codebook.protocol import Codec, register_codec
 
 __all__ = ["SimVQCodebook", "simvq_basis", "simvq_codebook", "simvq_solve_w"]
@@ -101,17 +101,13 @@ class SimVQCodebook(Codec):
     """
 
     def __init__(self, dim: int, k: int, rank: int | None = None, seed: int = 0, niter: int = 20, init_niter: int = 10):
-        for name, v in (("dim", dim), ("k", k), ("seed", seed), ("niter", niter), ("init_niter", init_niter)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
-            raise TypeError(f"rank must be an int or None, got {type(rank).__name__}")
-        if dim < 1 or k < 1:
-            raise ValueError(f"dim and k must be >= 1, got dim={dim}, k={k}")
-        if rank is not None and rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        if niter < 0 or init_niter < 0:
-            raise ValueError(f"niter and init_niter must be >= 0, got {niter}, {init_niter}")
+        require_int("dim", dim, 1)
+        require_int("k", k, 1)
+        require_int("seed", seed, 0)
+        require_int("niter", niter, 0)
+        require_int("init_niter", init_niter, 0)
+        if rank is not None:
+            require_int("rank", rank, 1)
         self.dim, self.k, self.seed, self.niter, self.init_niter = dim, k, seed, niter, init_niter
         self.rank = dim if rank is None else rank
         self.basis = simvq_basis(k, self.rank, seed)  # (k, r), frozen

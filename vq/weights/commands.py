@@ -75,11 +75,12 @@ def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
                    help="calibration text file, or 'pydoc' (its first 80%%; default)")
     p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS,
                    help=f"512-token calibration windows (default {DEFAULT_CALIB_WINDOWS})")
-    p.add_argument("--group-size", type=int, default=None, help="rtn/gptq: columns per grid; gptvq: weights per codebook")
+    p.add_argument("--group-size", type=int, default=None, help="rtn/gptq: input columns per (scale, zero) grid")
+    p.add_argument("--weights-per-codebook", type=int, default=None, help="gptvq: target weights per codebook tile")
     p.add_argument("--dim", type=int, default=None, help="gptvq: vector length d")
     p.add_argument("--index-bits", type=int, default=None, help="gptvq: bits per code (K = 2**index_bits)")
     p.add_argument("--block-cols", type=int, default=None,
-                   help="gptvq: input columns per codebook tile (rows per tile = group size / this)")
+                   help="gptvq: input columns per codebook tile (rows per tile = weights per codebook / this)")
     p.add_argument("--act-order", action="store_true", help="gptq: visit columns by decreasing diag(H)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -98,16 +99,20 @@ def _solver_config(args: argparse.Namespace):
         raise ValueError(f"unknown method {args.method!r}; known: {sorted(METHODS)}")
     over: dict[str, Any] = {}
     if args.group_size is not None:
+        if args.method == "gptvq":
+            raise ValueError("--group-size is rtn/gptq's columns per grid; for gptvq use --weights-per-codebook")
         over["group_size"] = args.group_size
     if args.method == "gptvq":
+        if getattr(args, "weights_per_codebook", None) is not None:
+            over["weights_per_codebook"] = args.weights_per_codebook
         if args.dim is not None:
             over["dim"] = args.dim
         if args.index_bits is not None:
             over["index_bits"] = args.index_bits
         if getattr(args, "block_cols", None) is not None:
             over["block_cols"] = args.block_cols
-    elif args.dim is not None or args.index_bits is not None or getattr(args, "block_cols", None) is not None:
-        raise ValueError("--dim / --index-bits / --block-cols apply to --method gptvq only")
+    elif any(getattr(args, a, None) is not None for a in ("dim", "index_bits", "block_cols", "weights_per_codebook")):
+        raise ValueError("--dim / --index-bits / --block-cols / --weights-per-codebook apply to --method gptvq only")
     if args.act_order:
         if args.method != "gptq":
             raise ValueError("--act-order applies to --method gptq only")

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vq_kernels.packing import pack_codes, unpack_codes, words_per_row
+from vq_kernels.layout import VQLayout
 from vq_kernels.reference import dequantize
 
 __all__ = [
@@ -64,7 +64,7 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "vq_config.json"
 
 _KINDS = ("vq", "uniform")
-# the tensors each kind stores: name -> dtype (shapes are checked in ``validate``)
+# the tensors each kind stores: name -> dtype (shapes: ``QuantizedWeight.expected_tensors``)
 _VQ_TENSORS = {"codes": torch.int32, "scales": torch.float16}
 _VQ_CB16 = {"codebooks": torch.float16}
 _VQ_CB8 = {"codebooks_q": torch.uint8, "codebook_scale": torch.float16, "codebook_min": torch.float16}
@@ -93,22 +93,23 @@ def quantize_codebook_8bit(cb: Tensor) -> dict[str, Tensor]:
     }
 
 
+#: the layout fields each layer's JSON entry stores (M is always 1 in a stored layer)
+_META_FIELDS = ("out_features", "in_features", "d", "K", "bits", "tile_rows", "tile_groups")
+
+
 @dataclass
 class QuantizedWeight:
     """The stored form of one compressed weight ``(out_features, in_features)``.
 
-    ``tensors`` holds exactly what is written to disk (see the module docstring); the layout
-    fields are what goes into the JSON config.
+    ``layout`` is the one description of the layer (:class:`vq_kernels.layout.VQLayout`, M = 1),
+    the very object the ``VQLinear`` of :meth:`to_module` computes with; every size here derives
+    from it. ``tensors`` holds exactly what is written to disk (see the module docstring).
+    Tensors are checked where they enter, :meth:`from_stored`; the constructors for a solver's
+    own output build them to the layout and do not re-check.
     """
 
     kind: str
-    out_features: int
-    in_features: int
-    d: int
-    K: int
-    bits: int
-    tile_rows: int
-    tile_groups: int
+    layout: VQLayout
     tensors: dict[str, Tensor] = field(repr=False)
 
     # -- construction ------------------------------------------------------------------------
@@ -122,78 +123,80 @@ class QuantizedWeight:
         ``codebook_bits`` 8 stores 8-bit codebooks, ``None`` fp16 ones.
         """
         out, n_groups = codes.shape
-        r_t, c_t, K, d = codebooks.shape
-        bits = max(1, (K - 1).bit_length())
+        K, d = codebooks.shape[2:]
+        lay = VQLayout.make(out, n_groups * d, d=d, K=K, tile_rows=tile_rows, tile_groups=tile_groups)
         cb = codebooks[:, :, None]  # (R_t, C_t, 1, K, d)
-        tensors = {
-            "codes": pack_codes(codes[:, :, None], bits),  # (out, words)
-            "scales": scales.to(torch.float16).contiguous(),
-        }
+        tensors = {"codes": lay.pack(codes[:, :, None]), "scales": scales.to(torch.float16).contiguous()}
         if codebook_bits is None:
             tensors["codebooks"] = cb.to(torch.float16).contiguous()
         elif codebook_bits == 8:
             tensors.update(quantize_codebook_8bit(cb))
         else:
             raise ValueError(f"codebook_bits must be 8 or None (fp16), got {codebook_bits}")
-        qw = cls("vq", out, n_groups * d, d, K, bits, tile_rows, tile_groups, tensors)
-        qw.validate()
-        return qw
+        return cls("vq", lay, tensors)
 
     @classmethod
     def from_uniform(cls, codes: Tensor, scale: Tensor, zero: Tensor, *, bits: int, group_size: int) -> "QuantizedWeight":
         """codes (out, in) int64 in [0, 2^bits); scale (out, G) float; zero (out, G) ints in [0, 255]."""
         out, inp = codes.shape
+        lay = VQLayout.make(out, inp, d=1, K=1 << bits, bits=bits, tile_rows=1, tile_groups=group_size)
         tensors = {
-            "codes": pack_codes(codes[:, :, None], bits),
+            "codes": lay.pack(codes[:, :, None]),
             "group_scale": scale.to(torch.float16).contiguous(),
             "group_zero": zero.to(torch.uint8).contiguous(),
         }
-        qw = cls("uniform", out, inp, 1, 1 << bits, bits, 1, group_size, tensors)
-        qw.validate()
-        return qw
+        return cls("uniform", lay, tensors)
 
     @classmethod
     def from_stored(cls, meta: dict[str, Any], tensors: dict[str, Tensor], name: str = "layer") -> "QuantizedWeight":
-        """Rebuild from the JSON entry and the tensors read from disk (validated)."""
-        keys = ("kind", "out_features", "in_features", "d", "K", "bits", "tile_rows", "tile_groups")
-        missing = [k for k in keys if k not in meta]
+        """Rebuild from the JSON entry and the tensors read from disk: the one place a stored layer
+        is checked (layout fields, every tensor's shape / dtype / finiteness, the code range)."""
+        missing = [k for k in ("kind", *_META_FIELDS) if k not in meta]
         if missing:
             raise ValueError(f"{name}: config entry lacks {missing}")
-        qw = cls(**{k: meta[k] for k in keys}, tensors=tensors)
-        qw.validate(name)
+        if meta["kind"] not in _KINDS:
+            raise ValueError(f"{name}: unknown layer kind {meta['kind']!r}; known: {_KINDS}")
+        try:
+            lay = VQLayout(**{k: meta[k] for k in _META_FIELDS}, M=1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: config/tensor mismatch: bad layout: {e}") from e
+        qw = cls(meta["kind"], lay, tensors)
+        want = qw.expected_tensors()
+        if set(tensors) != set(want):
+            raise ValueError(
+                f"{name}: config/tensor mismatch: stored tensors {sorted(tensors)}, layout expects {sorted(want)}"
+            )
+        for t_name, (shape, dtype) in want.items():
+            t = tensors[t_name]
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(
+                    f"{name}: config/tensor mismatch: {t_name} is {tuple(t.shape)} {t.dtype}, "
+                    f"the layout expects {shape} {dtype}"
+                )
+            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name}: {t_name} contains NaN or Inf")
+        try:
+            lay.check_packed_codes(tensors["codes"])
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from e
         return qw
 
     # -- layout ------------------------------------------------------------------------------
-    @property
-    def n_groups(self) -> int:
-        return self.in_features // self.d
-
-    @property
-    def row_tiles(self) -> int:
-        return -(-self.out_features // self.tile_rows)
-
-    @property
-    def group_tiles(self) -> int:
-        return -(-self.n_groups // self.tile_groups)
-
     def meta(self) -> dict[str, Any]:
         """The JSON entry for this layer."""
-        return {
-            "kind": self.kind, "out_features": self.out_features, "in_features": self.in_features,
-            "d": self.d, "K": self.K, "bits": self.bits, "tile_rows": self.tile_rows,
-            "tile_groups": self.tile_groups, "nbits": self.nbits(),
-            "bits_per_weight": self.bits_per_weight(),
-        }
+        cfg = self.layout.config()
+        return {"kind": self.kind, **{k: cfg[k] for k in _META_FIELDS}, "nbits": self.nbits(),
+                "bits_per_weight": self.bits_per_weight()}
 
     def expected_tensors(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """name -> (shape, dtype) this layout must store."""
-        out = self.out_features
-        words = (out, words_per_row(self.n_groups, 1, self.bits))
+        lay = self.layout
+        words = (lay.out_features, lay.words_per_row)
         if self.kind == "uniform":
-            g = (out, self.group_tiles)
+            g = (lay.out_features, lay.group_tiles)
             return {"codes": (words, torch.int32), "group_scale": (g, torch.float16), "group_zero": (g, torch.uint8)}
-        cb = (self.row_tiles, self.group_tiles, 1, self.K, self.d)
-        want = {"codes": (words, torch.int32), "scales": ((out,), torch.float16)}
+        cb = lay.codebook_shape  # (R_t, C_t, 1, K, d)
+        want = {"codes": (words, torch.int32), "scales": ((lay.out_features,), torch.float16)}
         if "codebooks" in self.tensors:
             want["codebooks"] = (cb, torch.float16)
         else:
@@ -202,46 +205,16 @@ class QuantizedWeight:
                          "codebook_min": (tile, torch.float16)})
         return want
 
-    def validate(self, name: str = "layer") -> None:
-        """Check layout fields and that the tensors match them exactly (shapes, dtypes, finiteness)."""
-        if self.kind not in _KINDS:
-            raise ValueError(f"{name}: unknown layer kind {self.kind!r}; known: {_KINDS}")
-        for k in ("out_features", "in_features", "d", "K", "bits", "tile_rows", "tile_groups"):
-            v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: {k} must be a positive int, got {v!r}")
-        if self.in_features % self.d:
-            raise ValueError(f"{name}: in_features={self.in_features} is not a multiple of d={self.d}")
-        if not 1 <= self.bits <= 16 or self.K > (1 << self.bits):
-            raise ValueError(f"{name}: K={self.K} does not fit bits={self.bits}")
-        want = self.expected_tensors()
-        have = set(self.tensors)
-        if have != set(want):
-            raise ValueError(
-                f"{name}: config/tensor mismatch: stored tensors {sorted(have)}, layout expects {sorted(want)}"
-            )
-        for t_name, (shape, dtype) in want.items():
-            t = self.tensors[t_name]
-            if tuple(t.shape) != shape or t.dtype != dtype:
-                raise ValueError(
-                    f"{name}: config/tensor mismatch: {t_name} is {tuple(t.shape)} {t.dtype}, "
-                    f"the layout expects {shape} {dtype}"
-                )
-            if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name}: {t_name} contains NaN or Inf")
-        if self.K < (1 << self.bits) and int(self.codes().max()) >= self.K:
-            raise ValueError(f"{name}: codes out of range [0, {self.K})")
-
     # -- decode ------------------------------------------------------------------------------
     def codes(self) -> Tensor:
         """(out, n_groups, 1) int64 logical codes."""
-        return unpack_codes(self.tensors["codes"], self.bits, self.n_groups, 1)
+        return self.layout.unpack(self.tensors["codes"])
 
     def codebooks(self) -> Tensor:
         """(R_t, C_t, 1, K, d) float32 decoded codebooks (the values the layer computes with)."""
         t = self.tensors
         if self.kind == "uniform":
-            levels = torch.arange(self.K, dtype=torch.float32)  # (K,)
+            levels = torch.arange(self.layout.K, dtype=torch.float32)  # (K,)
             cb = t["group_scale"].float()[..., None] * (levels - t["group_zero"].float()[..., None])  # (out, G, K)
             return cb[:, :, None, :, None]  # (out, G, 1, K, 1)
         if "codebooks" in t:
@@ -253,21 +226,21 @@ class QuantizedWeight:
     def scales(self) -> Tensor:
         """(out,) float32 row scales."""
         if self.kind == "uniform":
-            return torch.ones(self.out_features)
+            return torch.ones(self.layout.out_features)
         return self.tensors["scales"].float()
 
     def dense(self) -> Tensor:
         """(out, in) float32 dense weight."""
-        return dequantize(self.codes(), self.codebooks(), self.scales(), self.tile_rows, self.tile_groups)
+        lay = self.layout
+        return dequantize(self.codes(), self.codebooks(), self.scales(), lay.tile_rows, lay.tile_groups)
 
     def to_module(self, bias: Tensor | None = None) -> nn.Module:
-        """A :class:`~vq.weights.nn.VQLinear` computing with this weight."""
+        """A :class:`~vq.weights.nn.VQLinear` computing with this weight: the same layout, the packed
+        codes as stored (no unpack / repack), the decoded float32 codebooks and scales."""
         from vq.weights.nn import VQLinear
 
-        return VQLinear.from_codes(
-            self.codes(), self.codebooks(), self.scales(), None if bias is None else bias.float(),
-            tile_rows=self.tile_rows, tile_groups=self.tile_groups, bits=self.bits,
-        )
+        return VQLinear.from_packed(self.layout, self.tensors["codes"].clone(), self.codebooks(), self.scales(),
+                                    None if bias is None else bias.detach().float().clone())
 
     # -- accounting ----------------------------------------------------------------------------
     def nbits(self) -> int:
@@ -275,7 +248,7 @@ class QuantizedWeight:
         return sum(t.numel() * t.element_size() * 8 for t in self.tensors.values())
 
     def bits_per_weight(self) -> float:
-        return self.nbits() / (self.out_features * self.in_features)
+        return self.nbits() / (self.layout.out_features * self.layout.in_features)
 
 
 # -- files -------------------------------------------------------------------------------------
@@ -341,7 +314,8 @@ def bits_report(layers: dict[str, QuantizedWeight]) -> dict[str, Any]:
     """Per-layer and whole-model bits: ``{"layers": {name: {nbits, weights, bits_per_weight}},
     "nbits", "weights", "bits_per_weight"}`` — what the stored tensors occupy (see module doc)."""
     per = {
-        n: {"nbits": q.nbits(), "weights": q.out_features * q.in_features, "bits_per_weight": q.bits_per_weight()}
+        n: {"nbits": q.nbits(), "weights": q.layout.out_features * q.layout.in_features,
+            "bits_per_weight": q.bits_per_weight()}
         for n, q in layers.items()
     }
     nbits = sum(v["nbits"] for v in per.values())
@@ -457,9 +431,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
             mod = model.get_submodule(name)
         except AttributeError as e:
             raise ValueError(f"{path}: config/tensor mismatch: the model has no layer {name}") from e
-        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != (qw.out_features, qw.in_features):
-            raise ValueError(f"{path}: config/tensor mismatch: {name} is {mod}, stored weight is "
-                             f"({qw.out_features}, {qw.in_features})")
+        shape = (qw.layout.out_features, qw.layout.in_features)
+        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != shape:
+            raise ValueError(f"{path}: config/tensor mismatch: {name} is {mod}, stored weight is {shape}")
         bias = tensors.pop(name + ".bias", None)
         if (bias is None) != (mod.bias is None):
             raise ValueError(f"{path}: config/tensor mismatch: bias of {name}")

@@ -48,6 +48,10 @@ class GPTQConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTQConfig":
+        return cls(**d)
+
 
 @torch.no_grad()
 def gptq_quantize(W: Tensor, H: Tensor, config: GPTQConfig) -> QuantizedWeight:

@@ -49,7 +49,8 @@ class GPTVQConfig:
     """GPTVQ settings.
 
     dim: vector length ``d`` (input columns per code). index_bits: bits per code, ``K = 2**index_bits``
-    (code bits per weight = index_bits / dim). group_size: target weights per codebook.
+    (code bits per weight = index_bits / dim). weights_per_codebook: target weights per codebook
+    tile (called ``group_size`` before; rtn / gptq's ``group_size`` is columns per grid).
     block_cols: most columns per codebook tile (the largest multiple of ``dim`` dividing
     ``in_features`` and not above it is used). em_iters / em_init: k-means iterations and seeding
     of the codebook init.
@@ -60,7 +61,7 @@ class GPTVQConfig:
 
     dim: int = 4
     index_bits: int = 8
-    group_size: int = 32768
+    weights_per_codebook: int = 32768
     block_cols: int = 256
     em_iters: int = 10
     em_init: str = "random"
@@ -70,7 +71,7 @@ class GPTVQConfig:
     damp: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("dim", "index_bits", "group_size", "block_cols"):
+        for name in ("dim", "index_bits", "weights_per_codebook", "block_cols"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -94,12 +95,26 @@ class GPTVQConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTVQConfig":
+        """Inverse of :meth:`to_dict`; a config saved before the rename (``group_size``) still loads."""
+        d = dict(d)
+        if "group_size" in d:
+            old = d.pop("group_size")
+            if d.setdefault("weights_per_codebook", old) != old:
+                raise ValueError(
+                    f"gptvq config has both group_size={old} (the old name) and weights_per_codebook="
+                    f"{d['weights_per_codebook']}; keep only weights_per_codebook"
+                )
+            log.info("gptvq config: the old key group_size=%s read as weights_per_codebook", old)
+        return cls(**d)
+
 
 def tile_shape(out_features: int, in_features: int, config: GPTVQConfig) -> tuple[int, int]:
     """(tile_rows, cols): codebook tile of ``tile_rows`` rows × ``cols`` input columns.
 
     ``cols`` is the largest multiple of ``d`` that divides ``in_features`` and is ≤ ``block_cols``;
-    the rows are split into ``round(out·cols / group_size)`` (≥ 1) near-equal tiles. With 4-bit
+    the rows are split into ``round(out·cols / weights_per_codebook)`` (≥ 1) near-equal tiles. With 4-bit
     codes (K ≤ 16) split rows are rounded up to whole 16-row blocks, the unit of the CPU's
     in-register kernel (``vq_kernels.cpu.index_format``), so a tile may hold up to 15 more rows.
     """
@@ -107,7 +122,7 @@ def tile_shape(out_features: int, in_features: int, config: GPTVQConfig) -> tupl
     if in_features % d:
         raise ValueError(f"in_features={in_features} is not a multiple of dim={d}")
     cols = max(c for c in range(d, min(config.block_cols, in_features) + 1, d) if in_features % c == 0)
-    r_t = max(1, round(out_features * cols / config.group_size))
+    r_t = max(1, round(out_features * cols / config.weights_per_codebook))
     tile_rows = -(-out_features // r_t)
     if r_t > 1 and config.index_bits <= 4:
         tile_rows = min(out_features, -(-tile_rows // 16) * 16)

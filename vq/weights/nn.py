@@ -11,9 +11,9 @@ scales         (out,)                        float
 bias           (out,) (only if bias=True)    float
 =============  ============================  =============================================
 
-Static metadata (``config()``): in_features, out_features, d, M, K, bits, tile_rows,
-tile_groups, bias. ``VQLinear(**config)`` builds an empty layer of the right shapes that
-``load_state_dict`` fills.
+Static metadata: ``layout``, the :class:`vq_kernels.layout.VQLayout` that the stored form
+(``QuantizedWeight.layout``) and the kernels read too; ``config()`` = its fields + bias.
+``VQLinear(**config)`` builds an empty layer of the right shapes that ``load_state_dict`` fills.
 
 The forward pass goes through :mod:`vq_kernels.ops` (Triton on CUDA, the CPU LUT path on CPU,
 the pure-torch reference otherwise). On CPU the layer caches the unpacked code indices the
@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from vq_kernels import cpu, ops, reference
 from vq_kernels.layout import VQLayout, check_input
-from vq_kernels.packing import pack_codes, unpack_codes
 
 __all__ = ["VQLinear"]
 
@@ -46,7 +45,7 @@ class VQLinear(nn.Module):
         in_features, out_features: the dense weight is ``(out_features, in_features)``.
         d: vector length (``in_features % d == 0``).
         K: codewords per codebook; M: number of additive codebooks.
-        bits: packed code width (default ``ceil(log2 K)``).
+        bits: packed code width (default ``vq_kernels.packing.code_bits(K)``).
         tile_rows, tile_groups: codebook tiling (default: one global codebook).
         bias: whether the layer has a bias buffer.
         dtype: codebook and bias dtype; scale_dtype: scales dtype (default ``dtype``; float32 is
@@ -79,31 +78,27 @@ class VQLinear(nn.Module):
         cpu_cache: bool = True,
     ) -> None:
         super().__init__()
+        lay = VQLayout.make(out_features, in_features, d=d, K=K, M=M, bits=bits, tile_rows=tile_rows,
+                            tile_groups=tile_groups)
+        self._setup(
+            lay, torch.zeros(out_features, lay.words_per_row, dtype=torch.int32, device=device),
+            torch.zeros(lay.codebook_shape, dtype=dtype, device=device),
+            torch.ones(out_features, dtype=scale_dtype or dtype, device=device),
+            torch.zeros(out_features, dtype=dtype, device=device) if bias else None, backend, cpu_cache,
+        )
+
+    def _setup(self, layout: VQLayout, codes: Tensor, codebooks: Tensor, scales: Tensor, bias: Tensor | None,
+               backend: str, cpu_cache: bool) -> None:
         if backend not in _BACKENDS:
             raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-        if isinstance(d, int) and d >= 1 and isinstance(in_features, int) and in_features % d:
-            raise ValueError(f"in_features={in_features} is not a multiple of d={d}")
-        n_groups = in_features // d if isinstance(d, int) and d >= 1 else 0
-        self.layout = VQLayout(
-            out_features=out_features,
-            in_features=in_features,
-            d=d,
-            M=M,
-            K=K,
-            bits=max(1, (K - 1).bit_length()) if bits is None else bits,
-            tile_rows=out_features if tile_rows is None else tile_rows,
-            tile_groups=n_groups if tile_groups is None else tile_groups,
-        )
-        lay = self.layout
-        self.backend = backend
-        self.cpu_cache = cpu_cache
-        self.register_buffer("codes", torch.zeros(out_features, lay.words_per_row, dtype=torch.int32, device=device))
-        self.register_buffer("codebooks", torch.zeros(lay.codebook_shape, dtype=dtype, device=device))
-        self.register_buffer("scales", torch.ones(out_features, dtype=scale_dtype or dtype, device=device))
-        if bias:
-            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
+        self.layout, self.backend, self.cpu_cache = layout, backend, cpu_cache
+        self.register_buffer("codes", codes)
+        self.register_buffer("codebooks", codebooks)
+        self.register_buffer("scales", scales)
+        if bias is not None:
+            self.register_buffer("bias", bias)
         else:
-            self.bias = None
+            self.bias = None  # a plain attribute: forward reads it without Module.__getattr__
         # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
         self.register_buffer("_cpu_index", None, persistent=False)
         self._cpu_plan: cpu.Plan | None = None  # index + float32 codebooks, checked once (eager CPU)
@@ -183,26 +178,23 @@ class VQLinear(nn.Module):
                 raise TypeError("bias must be a float tensor or None")
             if tuple(bias.shape) != (lay.out_features,):
                 raise ValueError(f"bias must have shape ({lay.out_features},), got {tuple(bias.shape)}")
-        layer = cls(
-            lay.in_features,
-            lay.out_features,
-            d=lay.d,
-            K=lay.K,
-            M=lay.M,
-            bits=lay.bits,
-            tile_rows=lay.tile_rows,
-            tile_groups=lay.tile_groups,
-            bias=bias is not None,
-            dtype=codebooks.dtype,
-            scale_dtype=scales.dtype,
-            device=codebooks.device,
-            **kwargs,
-        )
-        layer.codes.copy_(pack_codes(codes.to(codebooks.device), lay.bits))
-        layer.codebooks.copy_(codebooks)
-        layer.scales.copy_(scales)
-        if bias is not None:
-            layer.bias.copy_(bias)
+        dev = codebooks.device  # the layer owns copies of the caller's tensors
+        bias = None if bias is None else bias.detach().to(dev, codebooks.dtype, copy=True)
+        return cls.from_packed(lay, lay.pack(codes.to(dev)), codebooks.detach().clone().contiguous(),
+                               scales.detach().clone().contiguous(), bias, **kwargs)
+
+    @classmethod
+    def from_packed(
+        cls, layout: VQLayout, codes: Tensor, codebooks: Tensor, scales: Tensor, bias: Tensor | None = None,
+        *, backend: str = "auto", cpu_cache: bool = True,
+    ) -> "VQLinear":
+        """Wrap tensors that already match ``layout`` — packed codes (out, words_per_row) int32,
+        codebooks ``layout.codebook_shape``, scales (out,), bias (out,) or None — without checking
+        or copying them: for tensors checked where they entered (:meth:`from_codes`,
+        ``QuantizedWeight.from_stored``). ``load_state_dict`` checks what it loads."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._setup(layout, codes, codebooks, scales, bias, backend, cpu_cache)
         return layer
 
     @classmethod
@@ -222,50 +214,39 @@ class VQLinear(nn.Module):
     ) -> "VQLinear":
         """Quantize a dense Linear with plain (residual) k-means — a simple baseline.
 
-        Rows are normalised by their RMS (kept as ``scales``); each codebook tile is fitted with
-        :class:`vq.codebook.KMeans` on its ``d``-vectors, and for ``M > 1`` every further codebook
-        is fitted on the residual of the previous ones (decode = sum, as the layout requires).
-        Hessian-aware solvers (GPTVQ / VPTQ / AQLM) live in ``vq.weights``.
+        Rows are normalised by their RMS (kept as ``scales``); each codebook tile's ``d``-vectors
+        are fitted by the core's :class:`vq.codebook.ResidualVQ` with ``M`` stages (``M = 1``: one
+        k-means; decode = sum, as the layout requires). A tile with fewer than ``K`` vectors gets
+        that many codewords (the rest stay 0, unused). Hessian-aware solvers (GPTVQ / VPTQ / AQLM)
+        live in ``vq.weights``.
         """
-        from vq.codebook import KMeans
+        from vq.codebook import ResidualVQ
 
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         w = linear.weight.detach().float().cpu()  # (out, in)
-        out, inp = w.shape
-        if inp % d:
-            raise ValueError(f"in_features={inp} is not a multiple of d={d}")
-        n_groups = inp // d
-        tr = out if tile_rows is None else tile_rows
-        tg = n_groups if tile_groups is None else tile_groups
+        lay = VQLayout.make(*w.shape, d=d, K=K, M=M, tile_rows=tile_rows, tile_groups=tile_groups)
         scales = w.pow(2).mean(1).sqrt().clamp_min(torch.finfo(torch.float32).tiny)  # (out,)
         vecs = rearrange(w / scales[:, None], "o (g d) -> o g d", d=d)  # (out, n_groups, d)
-        r_t, c_t = -(-out // tr), -(-n_groups // tg)
-        codebooks = torch.zeros(r_t, c_t, M, K, d)
-        codes = torch.zeros(out, n_groups, M, dtype=torch.int64)
-        for i in range(r_t):
-            for j in range(c_t):
+        codebooks = torch.zeros(lay.codebook_shape)  # (R_t, C_t, M, K, d)
+        codes = torch.zeros(lay.out_features, lay.n_groups, M, dtype=torch.int64)
+        tr, tg = lay.tile_rows, lay.tile_groups
+        for i in range(lay.row_tiles):
+            for j in range(lay.group_tiles):
                 rows, grps = slice(i * tr, (i + 1) * tr), slice(j * tg, (j + 1) * tg)
                 block = vecs[rows, grps]  # (tr, tg, d)
-                resid = block.reshape(-1, d).clone()  # (tr*tg, d)
-                for m in range(M):
-                    k = min(K, resid.shape[0])
-                    km = KMeans(k, niter=niter, seed=seed + m).fit(resid)
-                    c = km.encode(resid)[:, 0]  # (n,)
-                    codebooks[i, j, m, :k] = km.centroids.float().cpu()
-                    codes[rows, grps, m] = c.reshape(block.shape[:2])
-                    resid -= km.centroids.float().cpu()[c]
-        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
-        layer = cls.from_codes(
-            codes, codebooks.to(dtype), scales.to(dtype), bias, tile_rows=tr, tile_groups=tg, **kwargs
-        )
+                x = block.reshape(-1, d)  # (tr*tg, d)
+                rvq = ResidualVQ(d, M, min(K, x.shape[0]), niter=niter, seed=seed).fit(x)
+                codebooks[i, j, :, : rvq.cfg.k] = rvq.codebooks  # (M, k, d)
+                codes[rows, grps] = rvq.encode(x).reshape(*block.shape[:2], M)  # (tr, tg, M)
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype).cpu().clone()
+        layer = cls.from_packed(lay, lay.pack(codes), codebooks.to(dtype), scales.to(dtype), bias, **kwargs)
         return layer.to(linear.weight.device)
 
     # -- decode ----------------------------------------------------------------------------
     def unpacked_codes(self) -> Tensor:
         """(out, n_groups, M) int64 logical codes."""
-        lay = self.layout
-        return unpack_codes(self.codes, lay.bits, lay.n_groups, lay.M)
+        return self.layout.unpack(self.codes)
 
     def to_dense(self) -> Tensor:
         """(out, in) dense weight in the codebooks' dtype (bias not included)."""

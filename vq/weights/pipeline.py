@@ -82,8 +82,9 @@ def method_config(method: str, bits: int, **overrides: Any):
         raise ValueError(f"bits must be a positive int, got {bits!r}")
     if method in ("rtn", "gptq"):
         return METHODS[method].config_cls(bits=bits, **overrides)
-    presets = {2: dict(dim=4, index_bits=8, group_size=32768), 3: dict(dim=3, index_bits=9, group_size=65536),
-               4: dict(dim=2, index_bits=8, group_size=32768)}
+    presets = {2: dict(dim=4, index_bits=8, weights_per_codebook=32768),
+               3: dict(dim=3, index_bits=9, weights_per_codebook=65536),
+               4: dict(dim=2, index_bits=8, weights_per_codebook=32768)}
     if bits not in presets:
         raise ValueError(f"gptvq has presets for 2, 3 and 4 bits, got {bits}; set dim/index_bits explicitly")
     return GPTVQConfig(**{**presets[bits], **overrides})
@@ -136,7 +137,7 @@ class CompressConfig:
         method = d.pop("method", None)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} in config; known: {sorted(METHODS)}")
-        solver = METHODS[method].config_cls(**d.pop("solver", {}))
+        solver = METHODS[method].config_cls.from_dict(d.pop("solver", {}))
         return cls(solver=solver, **d)
 
 

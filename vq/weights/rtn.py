@@ -37,6 +37,10 @@ class RTNConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RTNConfig":
+        return cls(**d)
+
 
 def uniform_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Min-max asymmetric grid for each row of w (..., n): returns (scale fp16-exact float32, zero float)."""
