@@ -24,9 +24,7 @@ final centroids. Prints a table and, as the last line, one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -34,6 +32,9 @@ import torch
 
 from vq.codebook import KMeans, _native, assign
 from vq.codebook.kmeans import kmeans_plusplus
+
+from _report import print_result
+from _timing import timed
 
 
 @dataclass(frozen=True)
@@ -110,16 +111,8 @@ def make_data(s: Shape, e: Experiment) -> torch.Tensor:
 
 
 def mse(x: torch.Tensor, c: torch.Tensor) -> float:
+    """Mean over the rows of x of the squared distance to the nearest centroid (sum over d)."""
     return float(assign(x, c)[1].double().mean())
-
-
-def timed(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def run_shape(s: Shape, e: Experiment) -> dict:
@@ -188,7 +181,7 @@ def main() -> None:
             print(f"{key:>32} {name:>16} {r['seconds']:9.2f} {r['time_vs_faiss']:8.2f} {r['mse']:10.5f} "
                   f"{r['mse_vs_faiss']:9.4f}", flush=True)
         print(f"{key:>32} {'(vq seeding)':>16} {res['vq default']['seeding_seconds']:9.2f}", flush=True)
-    print(json.dumps({"bench": "kmeans", "experiment": asdict(e), "results": results}))
+    print_result({"bench": "kmeans", "experiment": asdict(e), "results": results})
 
 
 if __name__ == "__main__":
