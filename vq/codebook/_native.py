@@ -1,4 +1,4 @@
-"""Optional native CPU kernel for nearest-centroid search (``csrc/nearest.c``).
+"""Optional native CPU kernels for nearest-centroid search and k-means++ seeding (``csrc/nearest.c``).
 
 Why: on the CPU a torch assignment costs at least one pass over an (n, k) block for the
 distances and another for the argmin; faiss fuses both and is 5-15x faster for d <= 16
@@ -22,13 +22,14 @@ import torch
 from torch import Tensor
 from vq_kernels.native import load_library
 
-__all__ = ["nearest", "available", "NativeD2"]
+__all__ = ["nearest", "available", "kd_order", "NativeD2"]
 
 _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
 _MIN_ROWS_PER_THREAD = 2048
 _VL = 16  # vector width of csrc/nearest.c (VL)
 _PAD_NORM = 1e30
+_KPP_BLOCK = _VL * _VL  # rows per block of 16 leaves in csrc/nearest.c (KPP_BLOCK)
 
 
 @lru_cache(maxsize=None)
@@ -45,10 +46,10 @@ def _load() -> ctypes.CDLL | None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.vq_nearest.argtypes = [p, p, p, p, p, i64, i64, i64, p, p]
     lib.vq_nearest.restype = None
-    lib.vq_kpp_update.argtypes = [p, p, p, p, p, i64, i64]
-    lib.vq_kpp_update.restype = ctypes.c_double
-    lib.vq_kpp_sample.argtypes = [p, p, i64, ctypes.c_double]
-    lib.vq_kpp_sample.restype = i64
+    lib.vq_kd_order.argtypes = [p, i64, i64, p]
+    lib.vq_kd_order.restype = None
+    lib.vq_kpp_seed.argtypes = [p, p, p, i64, i64, i64, i64, p, p]
+    lib.vq_kpp_seed.restype = ctypes.c_int
     return lib
 
 
@@ -101,35 +102,61 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     return idx, dist
 
 
-class NativeD2:
-    """k-means++ step primitives in C (same interface as ``kmeans._TorchD2``).
+def kd_order(x: Tensor) -> Tensor | None:
+    """(m,) int64 permutation putting the rows of x (m, d) in k-d order (recursive median splits
+    on the widest coordinate down to VL-row leaves, each spatially compact), or ``None`` when
+    the kernel is unavailable. Any device (ordered on a CPU copy); O(m d log m)."""
+    lib = _load()
+    if lib is None:
+        return None
+    x = x.detach().float().cpu().contiguous()
+    order = torch.arange(x.shape[0], dtype=torch.int64)
+    lib.vq_kd_order(x.data_ptr(), x.shape[0], x.shape[1], order.data_ptr())
+    return order
 
-    The k sequential D^2-sampling steps each touch all n rows with a handful of operations;
-    as torch ops every step pays several dispatches and thread wake-ups, which on a busy
-    2-core machine made k = 4096 seeding of 2e5 points take 130 s (bench/kmeans.py). Here
-    each step is one single-threaded pass in C.
+
+class NativeD2:
+    """k-means++ seeding in C (same interface as ``kmeans._TorchD2``): the whole loop in one call.
+
+    Each of the k sequential D^2-sampling steps would touch all m rows. As torch ops every step
+    pays several dispatches and thread wake-ups (k = 4096 seeding of 2e5 points took 130 s on a
+    busy 2-core machine); one C pass per step still paid ctypes and Python per step. Here
+    ``vq_kpp_seed`` runs all k steps, VL rows at a time, skipping every VL-row leaf whose
+    bounding box is too far from the new centre to lower any of its distances (see
+    ``csrc/nearest.c``); that pays off when the rows come in :func:`kd_order`.
     """
 
     def __init__(self, lib: ctypes.CDLL, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None):
         self.lib = lib
-        self.x = x.float().contiguous()  # (n, d)
-        self.wc = None if w_coord is None else w_coord.float().contiguous()  # (n, d)
-        self.wm = None if w_mass is None else w_mass.float().contiguous()  # (n,)
-        self.closest = torch.full((x.shape[0],), math.inf, dtype=torch.float32)
+        m, d = x.shape
+        self.m, self.mp = m, -(-m // _KPP_BLOCK) * _KPP_BLOCK
+        self.xt = torch.zeros(d, self.mp)  # (d, mp) transposed, zero-padded rows
+        self.xt[:, :m] = x.float().T
+        self.wt = None
+        if w_coord is not None:
+            self.wt = torch.zeros(d, self.mp)  # (d, mp)
+            self.wt[:, :m] = w_coord.float().T
+        self.roww = None
+        if w_mass is not None:
+            self.roww = torch.zeros(self.mp)  # (mp,) padding carries no mass
+            self.roww[:m] = w_mass.float()
 
     @classmethod
     def create(cls, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None) -> "NativeD2 | None":
-        """The C stepper for CPU tensors, or ``None`` when the kernel is unavailable."""
+        """The C seeder for CPU tensors, or ``None`` when the kernel is unavailable."""
         lib = _load()
         return None if lib is None or x.device.type != "cpu" else cls(lib, x, w_coord, w_mass)
 
-    def update(self, c: Tensor) -> float:
-        """closest = min(closest, D^2 to c); returns the sampling mass sum(closest * w_mass)."""
-        c = c.float().contiguous()
-        n, d = self.x.shape
-        return self.lib.vq_kpp_update(self.x.data_ptr(), _ptr(self.wc), c.data_ptr(), _ptr(self.wm),
-                                      self.closest.data_ptr(), n, d)
-
-    def sample(self, target: float) -> int:
-        """Smallest i whose cumulative mass exceeds ``target``."""
-        return self.lib.vq_kpp_sample(self.closest.data_ptr(), _ptr(self.wm), self.x.shape[0], target)
+    def seed(self, first: int, u: Tensor) -> Tensor:
+        """k-means++ picks (k,) int64 row indices of ``x``, starting at row ``first``; step
+        j >= 1 draws with the uniform ``u[j]`` (``u``: (k,) float64 in [0, 1)). Zero mass:
+        row floor(u[j] * m)."""
+        k = u.numel()
+        u = u.double().contiguous()
+        picked = torch.empty(k, dtype=torch.int64)  # (k,)
+        picked[0] = first
+        status = self.lib.vq_kpp_seed(self.xt.data_ptr(), _ptr(self.wt), _ptr(self.roww), self.m, self.mp,
+                                      self.xt.shape[0], k, u.data_ptr(), picked.data_ptr())
+        if status != 0:
+            raise MemoryError(f"k-means++ seeding: no scratch memory for {self.m} rows")
+        return picked

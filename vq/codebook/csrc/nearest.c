@@ -11,6 +11,8 @@
  * Ties resolve to the smallest index, like torch.argmin. Built by vq/codebook/_native.py.
  */
 #include <float.h>
+#include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -84,34 +86,168 @@ void vq_nearest(const float *x, const float *w, const float *ct, const float *ct
     }
 }
 
-/* One k-means++ step (Arthur & Vassilvitskii 2007), single-threaded:
- *   closest[i] = min(closest[i], sum_l w_il (x_il - c_l)^2)      (w = 1 when NULL)
- * and return sum_i closest[i] * roww[i] (roww = 1 when NULL), the D^2 sampling mass. */
-double vq_kpp_update(const float *x, const float *w, const float *c, const float *roww,
-                     float *closest, int64_t n, int64_t d) {
-    double total = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        const float *xi = x + i * d;
-        float s = 0.0f;
-        if (w) {
-            const float *wi = w + i * d;
-            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += wi[l] * t * t; }
-        } else {
-            for (int64_t l = 0; l < d; l++) { float t = xi[l] - c[l]; s += t * t; }
+/* ---- k-means++ seeding (Arthur & Vassilvitskii 2007) --------------------------------------
+ *
+ * vq_kd_order puts the m rows in k-d order (recursive median splits on the widest coordinate,
+ * split points at multiples of VL), so each run of VL consecutive rows -- a leaf -- is
+ * spatially compact. vq_kpp_seed then runs all k D^2-sampling steps in one call over the rows
+ * in that order. Per step the new centre c lowers closest[i] = min(closest[i], D^2(x_i, c)),
+ * D^2 = sum_l w_il (x_il - c_l)^2 (w = 1 when there are no per-coordinate weights), but a leaf
+ * is skipped when the (weighted) distance from c to its bounding box, a lower bound on every
+ * row's D^2, is no smaller than the largest closest[] in the leaf: nothing in it can drop.
+ * The bounds of 16 leaves are one vector pass, so a step costs about m / VL rows plus the
+ * leaves near c (measured on 32768 sampled rows, k = 4096, d = 8: 7 % of the leaves updated
+ * per step on the image patches of bench/kmeans.py, 28 % on N(0, 1) data; seeding 5x and 2x
+ * faster than the plain pass; 44 % at d = 64, k = 1024, where boxes are loose, still 2x).
+ * The draw takes the smallest i (in this order) whose cumulative mass sum closest * roww
+ * exceeds u[j] * total, through per-block (256 rows) and per-leaf sums kept up to date. */
+#define KPP_BLOCK (VL * VL)
+
+static inline void swap64(int64_t *a, int64_t *b) { int64_t t = *a; *a = *b; *b = t; }
+
+static inline vf vmax(vf a, vf b) { vi m = a > b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+static inline vf vmin(vf a, vf b) { vi m = a < b; return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+
+/* Reorder idx[lo, hi) so that idx[nth] holds the nth smallest key x[idx[.] * d + dim], smaller
+ * keys before it, larger after it (3-way partition: equal keys cannot make it quadratic). */
+static void select_nth(const float *x, int64_t d, int64_t dim, int64_t *idx, int64_t lo, int64_t hi,
+                       int64_t nth) {
+    while (hi - lo > 1) {
+        float p = x[idx[lo + (hi - lo) / 2] * d + dim];
+        int64_t lt = lo, i = lo, gt = hi;
+        while (i < gt) {
+            float v = x[idx[i] * d + dim];
+            if (v < p) swap64(idx + lt++, idx + i++);
+            else if (v > p) swap64(idx + i, idx + --gt);
+            else i++;
         }
-        float v = s < closest[i] ? s : closest[i];
-        closest[i] = v;
-        total += roww ? (double)v * roww[i] : (double)v;
+        if (nth < lt) hi = lt;
+        else if (nth >= gt) lo = gt;
+        else return;
     }
-    return total;
 }
 
-/* Smallest i with sum_{j <= i} closest[j] * roww[j] > target (the D^2 sample), or n - 1. */
-int64_t vq_kpp_sample(const float *closest, const float *roww, int64_t n, double target) {
-    double acc = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        acc += roww ? (double)closest[i] * roww[i] : (double)closest[i];
-        if (acc > target) return i;
+static void kd_split(const float *x, int64_t d, int64_t *idx, int64_t lo, int64_t hi) {
+    while (hi - lo > VL) {
+        int64_t dim = 0;
+        float spread = 0.0f;
+        for (int64_t l = 0; l < d; l++) {
+            float mn = FLT_MAX, mx = -FLT_MAX;
+            for (int64_t i = lo; i < hi; i++) {
+                float v = x[idx[i] * d + l];
+                mn = v < mn ? v : mn;
+                mx = v > mx ? v : mx;
+            }
+            if (mx - mn > spread) { spread = mx - mn; dim = l; }
+        }
+        if (spread <= 0.0f) return; /* identical rows */
+        int64_t mid = lo + ((hi - lo) / 2 + VL - 1) / VL * VL;
+        select_nth(x, d, dim, idx, lo, hi, mid);
+        kd_split(x, d, idx, lo, mid);
+        lo = mid;
     }
-    return n - 1;
+}
+
+/* x: (m, d) row-major; idx: (m) row indices, permuted in place into k-d order. */
+void vq_kd_order(const float *x, int64_t m, int64_t d, int64_t *idx) { kd_split(x, d, idx, 0, m); }
+
+/* xt: (d, mp) rows in k-d order, transposed, mp % KPP_BLOCK == 0 (columns m..mp-1 padding);
+ * wt: (d, mp) per-coordinate weights or NULL; roww: (mp) per-row mass weights or NULL.
+ * u: (k) uniforms in [0, 1). picked[0] is the first centre on entry, picked[1..k-1] come out
+ * (columns of xt); when the mass is 0 (every row sits on a centre) picked[j] = floor(u[j] m).
+ * Returns 0, or -1 when scratch memory could not be allocated. */
+int vq_kpp_seed(const float *xt, const float *wt, const float *roww, int64_t m, int64_t mp, int64_t d,
+                int64_t k, const double *u, int64_t *picked) {
+    int64_t nl = mp / VL, nb = mp / KPP_BLOCK;
+    float *lo = malloc(sizeof(float) * d * nl), *hi = malloc(sizeof(float) * d * nl);
+    float *wlo = wt ? malloc(sizeof(float) * d * nl) : NULL;
+    float *lmax = malloc(sizeof(float) * nl), *closest = malloc(sizeof(float) * mp);
+    float *c = malloc(sizeof(float) * d);
+    double *lsum = malloc(sizeof(double) * nl), *bsum = malloc(sizeof(double) * nb);
+    int status = 0;
+    if (!lo || !hi || (wt && !wlo) || !lmax || !closest || !c || !lsum || !bsum) { status = -1; goto done; }
+    for (int64_t i = 0; i < mp; i++) closest[i] = i < m ? INFINITY : 0.0f;
+    for (int64_t L = 0; L < nl; L++) { /* leaf bounding boxes (and least weights) over its real rows */
+        int64_t s = L * VL, e = s + VL < m ? s + VL : m;
+        for (int64_t l = 0; l < d; l++) {
+            float mn = FLT_MAX, mx = -FLT_MAX, wm = FLT_MAX;
+            for (int64_t i = s; i < e; i++) {
+                float v = xt[l * mp + i];
+                mn = v < mn ? v : mn;
+                mx = v > mx ? v : mx;
+                if (wt) wm = wt[l * mp + i] < wm ? wt[l * mp + i] : wm;
+            }
+            lo[l * nl + L] = s < e ? mn : 0.0f;
+            hi[l * nl + L] = s < e ? mx : 0.0f;
+            if (wt) wlo[l * nl + L] = s < e ? wm : 0.0f;
+        }
+        lmax[L] = s < e ? INFINITY : 0.0f; /* an all-padding leaf is never visited */
+        lsum[L] = 0.0;
+    }
+    for (int64_t j = 1; j < k; j++) {
+        for (int64_t l = 0; l < d; l++) c[l] = xt[l * mp + picked[j - 1]];
+        double total = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t L0 = b * VL;
+            vf lb = (vf){};
+            for (int64_t l = 0; l < d; l++) { /* distance from c to the boxes of leaves L0..L0+VL-1 */
+                vf g = vmax(vmax(loadv(lo + l * nl + L0) - c[l], c[l] - loadv(hi + l * nl + L0)), (vf){});
+                lb += wt ? loadv(wlo + l * nl + L0) * g * g : g * g;
+            }
+            vi need = lb < loadv(lmax + L0);
+            int any = 0;
+            for (int t = 0; t < VL; t++) any |= need[t];
+            if (any) {
+                for (int t = 0; t < VL; t++) {
+                    if (!need[t]) continue;
+                    int64_t i = (L0 + t) * VL;
+                    vf sq = (vf){};
+                    for (int64_t l = 0; l < d; l++) {
+                        vf dl = loadv(xt + l * mp + i) - c[l];
+                        sq += wt ? loadv(wt + l * mp + i) * dl * dl : dl * dl;
+                    }
+                    vf v = vmin(sq, loadv(closest + i));
+                    memcpy(closest + i, &v, sizeof v);
+                    float mx = 0.0f;
+                    double ls = 0.0;
+                    for (int q = 0; q < VL; q++) {
+                        mx = v[q] > mx ? v[q] : mx;
+                        ls += roww ? (double)v[q] * roww[i + q] : (double)v[q];
+                    }
+                    lmax[L0 + t] = mx;
+                    lsum[L0 + t] = ls;
+                }
+                double bs = 0.0;
+                for (int t = 0; t < VL; t++) bs += lsum[L0 + t];
+                bsum[b] = bs;
+            }
+            total += bsum[b];
+        }
+        if (!(total > 0.0) || !isfinite(total)) {
+            int64_t i = (int64_t)(u[j] * (double)m);
+            picked[j] = i < m ? i : m - 1;
+            continue;
+        }
+        double target = u[j] * total, run = 0.0;
+        int64_t b = 0;
+        while (b < nb - 1 && run + bsum[b] <= target) run += bsum[b++];
+        int64_t L = b * VL, Lend = L + VL;
+        while (L < Lend - 1 && run + lsum[L] <= target) run += lsum[L++];
+        /* inside leaf L; rounding of the partial sums can leave target unreached: then the
+         * leaf's last row with mass, else (a leaf of zero mass) the first row with mass */
+        int64_t s = L * VL, e = s + VL < m ? s + VL : m, pick = -1;
+        for (int64_t i = s; i < e; i++) {
+            double v = roww ? (double)closest[i] * roww[i] : (double)closest[i];
+            if (v > 0.0) pick = i;
+            run += v;
+            if (run > target && v > 0.0) break;
+        }
+        for (int64_t i = 0; i < m && pick < 0; i++)
+            if ((roww ? (double)closest[i] * roww[i] : (double)closest[i]) > 0.0) pick = i;
+        picked[j] = pick;
+    }
+done:
+    free(lo); free(hi); free(wlo); free(lmax); free(closest); free(c); free(lsum); free(bsum);
+    return status;
 }
