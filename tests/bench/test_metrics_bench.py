@@ -69,11 +69,19 @@ def test_fsq_and_pvq_nearest_sizes():
     assert plan.size == 1000 and "nearest FSQ grid" in plan.note
     assert plan_quantizer("e8p", 256, dim=8, n_fit=10).size == 65536
     assert plan_quantizer("kmeans", 256, dim=8, n_fit=1000).note == ""
+    aq = plan_quantizer("aq:2", 8192, dim=8, n_fit=10**5)  # the core's AdditiveVQ needs M * K <= 8192
+    assert aq.size == 4096 and "nearest K = 4096" in aq.note
+    assert plan_quantizer("faiss-pq:2", 1000, dim=8, n_fit=10**4).size == 1024  # powers of two
+
+
+def test_uniform_used_fraction_reference():
+    q = plan_quantizer("kmeans", 4, dim=2, n_fit=100).build(0)
+    fig = _usage_figures(torch.tensor([[0], [1]]), q)
+    assert fig["uniform_used_fraction"] == pytest.approx(1 - 0.75**2)  # 1 - (1 - 1/K)^n
 
 
 @pytest.mark.parametrize("name,k,dim,n_fit,msg", [
     ("kmeans", 512, 8, 100, "at least K fit vectors"),
-    ("aq:2", 8192, 8, 10**6, "codebooks \\* K <= 8192"),
     ("pq:3", 16, 8, 1000, "divisible by 3"),
     ("e8p", 16, 12, 1000, "8-dim blocks"),
     ("zzz", 16, 8, 1000, "unknown quantizer"),

@@ -36,11 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", default="auto",
                    help=f"'auto' (every installed peer), 'none', or comma-separated from: {', '.join(PEERS)}")
     p.add_argument("--peer-steps", type=int, default=300, help="training steps of the vector-quantize-pytorch peers")
+    p.add_argument("--peer-batch", type=int, default=1024, help="vectors per training step of those peers")
     p.add_argument("--out", required=True, help="output directory (new or empty; see --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="reuse a non-empty --out that an earlier `vq bench` run created (replaces only its files)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-vectors", type=int, default=None, help="cap on fit + held-out vectors (seeded subsample)")
+    p.add_argument("--max-vectors", type=int, default=None, help="cap on the vectors of each split, fit and held-out (seeded subsample)")
     p.add_argument("--dim", type=int, default=None,
                    help="vector length (gaussian 8, image-patches 16 = 4x4 patches, llm-weights 8; files: cut rows)")
     p.add_argument("--skip-unsupported", action="store_true",
@@ -86,7 +87,7 @@ def prepare_out_dir(out: Path, overwrite: bool, create: bool) -> None:
 def _command(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces this run (every option spelled out)."""
     cmd = ["vq", "bench", "utilization", "--data", args.data, "--quantizers", args.quantizers, "--sizes", args.sizes,
-           "--peers", args.peers, "--peer-steps", str(args.peer_steps), "--seed", str(args.seed), "--out", args.out]
+           "--peers", args.peers, "--peer-steps", str(args.peer_steps), "--peer-batch", str(args.peer_batch), "--seed", str(args.seed), "--out", args.out]
     for flag, v in (("--max-vectors", args.max_vectors), ("--dim", args.dim), ("--threads", args.threads)):
         if v is not None:
             cmd += [flag, str(v)]
@@ -108,7 +109,7 @@ def cmd_utilization(args: argparse.Namespace) -> int:
         raise ValueError(f"--peer-steps must be >= 1, got {args.peer_steps}")
     peers: tuple[str, ...] = ("auto",) if args.peers == "auto" else (() if args.peers == "none" else tuple(_csv(args.peers, "peers")))
     config = UtilizationConfig(quantizers=tuple(_csv(args.quantizers, "quantizers")), sizes=_sizes(args.sizes),
-                               peers=peers, seed=args.seed, peer_steps=args.peer_steps,
+                               peers=peers, seed=args.seed, peer_steps=args.peer_steps, peer_batch=args.peer_batch,
                                skip_unsupported=args.skip_unsupported)
     out = Path(args.out)
     prepare_out_dir(out, args.overwrite, create=False)

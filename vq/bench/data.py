@@ -16,7 +16,7 @@ Sources (:func:`load_data`):
   compressor stores separately), then cut into consecutive ``dim``-long pieces; fit and
   held-out split BY LAYER (every 5th decoder block held out).
 
-``max_vectors`` caps each split by a seeded uniform subsample.
+``max_vectors`` caps each split (fit and held-out alike) by a seeded uniform subsample.
 """
 from __future__ import annotations
 
@@ -183,8 +183,7 @@ def _llm_weights(dim: int) -> BenchData:
 def load_data(source: str, dim: int | None = None, seed: int = 0, max_vectors: int | None = None) -> BenchData:
     """Load a built-in set (:data:`BUILTIN_SETS`) or an array file and split it (module docstring).
 
-    ``max_vectors`` caps each split (seeded uniform subsample; the held-out split keeps the same
-    fit : held-out ratio). Deterministic for a given ``seed``."""
+    ``max_vectors`` caps each split (seeded uniform subsample). Deterministic for a given ``seed``."""
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
         raise ValueError(f"--dim must be a positive int, got {dim!r}")
     if max_vectors is not None and max_vectors < 2:
@@ -202,14 +201,9 @@ def load_data(source: str, dim: int | None = None, seed: int = 0, max_vectors: i
         data = _from_array(source, dim, gen)
     else:
         raise FileNotFoundError(f"--data {source!r}: no such file, and not a built-in set ({', '.join(BUILTIN_SETS)})")
-    if max_vectors is not None:
-        n_fit, n_held = data.fit.shape[0], data.heldout.shape[0]
-        total = n_fit + n_held
-        if total > max_vectors:
-            keep_held = max(1, int(round(max_vectors * n_held / total)))
-            data = BenchData(data.name, _subsample(data.fit, max_vectors - keep_held, gen),
-                             _subsample(data.heldout, keep_held, gen),
-                             data.split + f"; subsampled to {max_vectors} vectors (seeded)")
+    if max_vectors is not None and max(data.fit.shape[0], data.heldout.shape[0]) > max_vectors:
+        data = BenchData(data.name, _subsample(data.fit, max_vectors, gen), _subsample(data.heldout, max_vectors, gen),
+                         data.split + f"; each split subsampled to at most {max_vectors} vectors (seeded)")
     log.info("data %s: %d fit / %d held-out vectors of dim %d", data.name, data.fit.shape[0],
              data.heldout.shape[0], data.dim)
     return data

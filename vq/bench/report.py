@@ -35,7 +35,8 @@ _RUN_KEYS = {
     "overhead_bits": int, "all_in_bits_per_vector": float, "fit_seconds": float,
     "encode_vectors_per_second": float, "heldout": dict, "fit": dict,
 }
-_SPLIT_KEYS = ("used_fraction", "perplexity", "perplexity_ratio", "entropy_bits", "log2_k", "dead_codes", "mse", "stages")
+_SPLIT_KEYS = ("used_fraction", "perplexity", "perplexity_ratio", "entropy_bits", "log2_k", "dead_codes",
+               "uniform_used_fraction", "mse", "stages")
 _STAGE_KEYS = ("stage", "name", "k", "used", "used_fraction", "perplexity", "entropy_bits", "n_dead")
 _TOP_KEYS = ("schema", "created", "commit", "command", "config", "data", "machine", "total_seconds", "runs", "skipped")
 
@@ -86,7 +87,7 @@ def write_results(res: dict[str, Any], path: str | Path) -> Path:
     """Write results.json (atomic rename)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_finite(check_results(res)), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_finite(check_results(res)), separators=(",", ":"), allow_nan=False) + "\n")
     os.replace(tmp, path)
     return path
 
@@ -135,6 +136,12 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
         ls = "--" if _is_peer(rs[0]) else "-"
         ax.plot(xs, [r["heldout"]["used_fraction"] for r in rs], ls, marker="o", color=colors[q], label=q)
         ax.plot(xs, [r["fit"]["used_fraction"] for r in rs], ":", marker=".", color=colors[q], alpha=0.5)
+    n_held = res["data"]["n_heldout"]
+    ks = sorted({r["size"] for r in runs})
+    if ks:
+        grid = [2 ** (math.log2(ks[0]) + i * (math.log2(ks[-1]) - math.log2(ks[0])) / 50) for i in range(51)]
+        ax.plot(grid, [-math.expm1(n_held * math.log1p(-1 / g)) if g > 1 else 1.0 for g in grid], color="grey",
+                lw=3, alpha=0.3, label=f"uniform use, n={n_held}")
     ax.set_xscale("log", base=2)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("codebook size K (per codebook)")
@@ -207,7 +214,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=72)
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -233,8 +240,9 @@ def summarize(res: dict[str, Any]) -> list[str]:
         lo, hi = rs[0], rs[-1]
         a, b = lo["heldout"]["used_fraction"], hi["heldout"]["used_fraction"]
         fa, fb = lo["fit"]["used_fraction"], hi["fit"]["used_fraction"]
+        ub = hi["heldout"]["uniform_used_fraction"]
         text = (f"{q}: held-out used fraction {a:.2f} at {_fmt_k(lo)} -> {b:.2f} at {_fmt_k(hi)} "
-                f"(fit split {fa:.2f} -> {fb:.2f})")
+                f"(uniform use would reach {ub:.2f}; fit split {fa:.2f} -> {fb:.2f})")
         (falls if b < a - 0.05 else stays).append(text)
     if falls:
         lines.append("Utilization falls as K grows for: " + "; ".join(falls) + ".")
@@ -305,13 +313,13 @@ def _html(res: dict[str, Any], plots: list[Path], summary: list[str]) -> str:
     main_rows = [[
         r["label"], r["source"], "/".join(str(a) for a in r["asked_sizes"]), r["size"], r["size_note"],
         float(r["bits_per_vector"]), float(r["all_in_bits_per_vector"]), float(r["heldout"]["used_fraction"]),
-        float(r["fit"]["used_fraction"]), float(r["heldout"]["perplexity_ratio"]), float(r["heldout"]["entropy_bits"]),
+        float(r["fit"]["used_fraction"]), float(r["heldout"]["uniform_used_fraction"]), float(r["heldout"]["perplexity_ratio"]), float(r["heldout"]["entropy_bits"]),
         float(r["heldout"]["log2_k"]), r["heldout"]["dead_codes"], float(r["heldout"]["mse"]),
         float(r["heldout"]["sqnr_db"]) if isinstance(r["heldout"].get("sqnr_db"), (int, float)) else str(r["heldout"].get("sqnr_db")),
         float(r["fit_seconds"]), float(r["encode_vectors_per_second"]),
     ] for r in runs]
     main = _table(["quantizer", "source", "asked K", "K", "size note", "code bits/vec", "all-in bits/vec",
-                   "used frac (held-out)", "used frac (fit)", "perplexity/K", "entropy bits", "log2 K",
+                   "used frac (held-out)", "used frac (fit)", "uniform-use ceiling", "perplexity/K", "entropy bits", "log2 K",
                    "dead codes", "MSE", "SQNR dB", "fit s", "encode vec/s"], main_rows)
     stage_rows = [[r["label"], s["stage"], s["name"], s["k"], float(s["used_fraction"]), float(s["perplexity"]),
                    float(s["entropy_bits"]), s["n_dead"], float(s["mse_after"]) if "mse_after" in s else ""]

@@ -114,15 +114,17 @@ class _Planned:
 def plan_runs(config: UtilizationConfig, dim: int, n_fit: int) -> tuple[list[_Planned], list[dict[str, Any]]]:
     """Resolve every (quantizer, size) before fitting anything: ``(runs, skipped)``. Pairs that
     resolve to the same quantizer at the same size run once (e.g. e8p at every K). Raises
-    ``ValueError`` on the first pair that cannot run unless ``skip_unsupported``."""
+    ``ValueError`` on the first pair of ours that cannot run unless ``skip_unsupported``; peers
+    that cannot take a size are always recorded as skipped."""
     runs: dict[tuple[str, int], _Planned] = {}
     skipped = []
-    for name in list(config.quantizers) + config.peer_names():
+    peers = config.peer_names()
+    for name in list(config.quantizers) + peers:
         for k in config.sizes:
             try:
                 plan = plan_quantizer(name, k, dim, n_fit, config.peer_steps, config.peer_batch)
             except ValueError as e:
-                if not config.skip_unsupported:
+                if not config.skip_unsupported and name not in peers:  # peers are extras: always skipped
                     raise
                 skipped.append({"quantizer": name, "asked_size": k, "reason": str(e)})
                 continue
@@ -137,7 +139,8 @@ def usage_curve(counts: Tensor, points: int = CURVE_POINTS) -> dict[str, list[fl
     k = counts.numel()
     share = torch.sort(counts.double() / counts.sum(), descending=True).values * k
     ranks = torch.unique(torch.linspace(0, k - 1, min(points, k)).round().long())
-    return {"rank_fraction": [float(r) / max(k - 1, 1) for r in ranks], "share_x_k": [float(share[r]) for r in ranks]}
+    return {"rank_fraction": [round(float(r) / max(k - 1, 1), 5) for r in ranks],
+            "share_x_k": [float(f"{float(share[r]):.4g}") for r in ranks]}
 
 
 def _usage_figures(codes: Tensor, q: BenchQuantizer) -> dict[str, Any]:
@@ -159,6 +162,9 @@ def _usage_figures(codes: Tensor, q: BenchQuantizer) -> dict[str, Any]:
                "dead_codes": sum(s["n_dead"] for s in stages)}
         curves = [usage_curve(torch.bincount(codes[:, j], minlength=kj)) for j, kj in enumerate(q.ks)]
     top["perplexity_ratio"] = top["perplexity"] / q.size
+    n = codes.shape[0]
+    # what a codebook used uniformly at random would reach with these n vectors: 1 - (1 - 1/K)^n
+    top["uniform_used_fraction"] = -math.expm1(n * math.log1p(-1.0 / q.size)) if q.size > 1 else 1.0
     top["entropy_bits"] = (sum(s["entropy_bits"] for s in stages) / len(stages)) if not q.joint else math.log2(ppl)
     top["log2_k"] = math.log2(q.size)
     top["stages"] = stages
