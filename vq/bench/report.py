@@ -117,7 +117,7 @@ def _by_quantizer(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return out
 
 
-def _plots(res: dict[str, Any], out: Path) -> list[Path]:
+def _plots(res: dict[str, Any], out: Path, dpi: int) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,7 +149,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"{title}: used fraction, held-out (solid; peers dashed) and fit (dotted)")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / PLOTS[0]))
+    paths.append(_save(fig, dpi, out / PLOTS[0]))
 
     sizes = sorted({a for r in runs for a in r["asked_sizes"]})
     fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4), squeeze=False)
@@ -169,7 +169,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share x K (1 = uniform; first codebook)")
     fig.suptitle(f"{title}: sorted code usage on held-out data", fontsize=10)
-    paths.append(_save(fig, out / PLOTS[1]))
+    paths.append(_save(fig, dpi, out / PLOTS[1]))
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for q, rs in groups.items():
@@ -182,7 +182,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"{title}: rate-distortion")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3, which="both")
-    paths.append(_save(fig, out / PLOTS[2]))
+    paths.append(_save(fig, dpi, out / PLOTS[2]))
 
     multi = [r for r in runs if r["codebooks"] > 1 and not r["joint"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -205,16 +205,16 @@ def _plots(res: dict[str, Any], out: Path) -> list[Path]:
     if not multi:
         axes[0].text(0.5, 0.5, "no multi-codebook runs", ha="center", transform=axes[0].transAxes)
     fig.suptitle(f"{title}: per-stage utilization", fontsize=10)
-    paths.append(_save(fig, out / PLOTS[3]))
+    paths.append(_save(fig, dpi, out / PLOTS[3]))
     return paths
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, dpi: int, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=72)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -357,12 +357,13 @@ add the codebook overhead amortised over the held-out vectors. Click a column he
 """
 
 
-def write_report(res: dict[str, Any], out: str | Path) -> dict[str, Any]:
-    """Write results.json, the plots, report.html and summary.txt into ``out`` (which must exist)."""
+def write_report(res: dict[str, Any], out: str | Path, dpi: int = 72) -> dict[str, Any]:
+    """Write results.json, the plots (``dpi``), report.html and summary.txt into ``out`` (which
+    must exist)."""
     out = Path(out)
     check_results(res)
     paths = {"results": write_results(res, out / "results.json")}
-    plots = _plots(res, out)
+    plots = _plots(res, out, dpi)
     summary = summarize(res)
     page = out / "report.html"
     tmp = page.with_name(page.name + ".tmp")
