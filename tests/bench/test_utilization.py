@@ -174,3 +174,14 @@ def test_peers_same_metrics(tmp_path):
     assert peer["heldout"]["stages"][0]["mse_after"] > peer["heldout"]["mse"]
     # same order of error for the same bits on gaussian data
     assert 0.5 < peer["heldout"]["mse"] / ours["heldout"]["mse"] < 2
+
+
+def test_array_rows_cut_into_dim_vectors_stay_in_one_split(tmp_path):
+    x = np.arange(100 * 16, dtype=np.float32).reshape(100, 16)  # row r holds 16r .. 16r + 15
+    np.save(tmp_path / "w.npy", x)
+    data = load_data(str(tmp_path / "w.npy"), dim=8, seed=0)
+    assert data.dim == 8 and data.fit.shape[0] + data.heldout.shape[0] == 200
+    rows = lambda t: set((t[:, 0] // 16).long().tolist())  # noqa: E731 — source row of each piece
+    assert not rows(data.fit) & rows(data.heldout)
+    with pytest.raises(ValueError, match="not a multiple of --dim 5"):
+        load_data(str(tmp_path / "w.npy"), dim=5)

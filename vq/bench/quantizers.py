@@ -49,7 +49,10 @@ from vq.codebook import E8P, FSQ, PVQ, AdditiveVQ, KMeans, ProductVQ, ResidualVQ
 from vq.codebook.lattice import pyramid_count
 
 __all__ = [
+    "AQ_NITER",
+    "BlockE8P",
     "OURS",
+    "PCAFSQ",
     "PEERS",
     "BenchQuantizer",
     "E8P_FIT_BLOCKS",
@@ -256,7 +259,7 @@ class BlockE8P:
         return self.e8p.decode(codes.reshape(-1, 1)).reshape(-1, self.dim)
 
 
-def _plan_ours(base: int | str, books: int | None, k: int, dim: int, n_fit: int) -> QuantizerPlan:
+def _plan_ours(base: str, books: int | None, k: int, dim: int, n_fit: int) -> QuantizerPlan:
     name = base if books is None else f"{base}:{books}"
     learned = base in ("kmeans", "rvq", "aq", "pq", "simvq")
     if learned and k > n_fit:
