@@ -56,9 +56,10 @@ def test_deterministic_with_seed(run):
 
 
 def test_results_round_trip_and_html(run, tmp_path):
-    _, _, res = run
+    _, cfg, res = run
     out = write_report(res, tmp_path)
     back = read_results(tmp_path / "results.json")
+    assert UtilizationConfig.from_dict(back["config"]) == cfg
     assert back == json.loads(json.dumps(back)) and _strip_times(back) == json.loads(json.dumps(_strip_times(res)))
     broken = dict(back)
     del broken["runs"][0]["heldout"]["stages"]
