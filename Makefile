@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP = $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP = $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean bench-utilization
 
 install: $(STAMP)
 
@@ -27,6 +27,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/python -m vq.cli demo
+
+# Codebook-utilization reports for the two real built-in sets (docs/bench-utilization/README.md):
+# every quantizer of ours + the installed peers, K = 256, 1024, 4096, <= 25000 vectors per split.
+BENCH_OUT ?= bench_out/utilization
+BENCH_ARGS ?= --sizes 256,1024,4096 --max-vectors 25000 --peer-steps 150 --peer-batch 512 --seed 0
+bench-utilization: $(STAMP)
+	for d in image-patches llm-weights; do \
+	  $(VENV)/bin/python -m vq.cli bench utilization --data $$d $(BENCH_ARGS) --out $(BENCH_OUT)/$$d --overwrite; \
+	done
 
 clean:
 	rm -rf $(VENV)

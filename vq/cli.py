@@ -2,6 +2,7 @@
 
 - ``vq.weights.commands.register`` — compress / eval / generate / demo (LLM weight compression)
 - ``vq_tokenizers.commands.register`` — train-tokenizer
+- ``vq.bench.commands.register`` — bench utilization (codebook utilization reports)
 
 Areas are imported lazily so a missing optional dependency only disables its own commands.
 """
@@ -14,7 +15,7 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-_AREAS = ("vq.weights.commands", "vq_tokenizers.commands")
+_AREAS = ("vq.weights.commands", "vq_tokenizers.commands", "vq.bench.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

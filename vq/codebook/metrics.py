@@ -26,6 +26,8 @@ __all__ = [
     "stage_stats",
     "mse",
     "sqnr_db",
+    "usage_entropy_bits",
+    "sorted_usage_share",
 ]
 
 
@@ -163,3 +165,17 @@ def sqnr_db(x: Tensor, xhat: Tensor) -> float:
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def usage_entropy_bits(codes: Tensor, k: int) -> float:
+    """Entropy of the empirical code distribution in bits, in ``[0, log2 k]``: ``log2 k`` when all
+    ``k`` codes are used equally often, 0 when a single code is used. ``log2`` of
+    :func:`usage_perplexity`; compare it with ``log2 k``, the bits an index spends."""
+    return math.log2(usage_perplexity(codes, k))
+
+
+def sorted_usage_share(codes: Tensor, k: int) -> Tensor:
+    """Share of the ``n`` codes taken by each of the ``k`` codes, sorted in decreasing order:
+    (k,) float64 summing to 1 (the "code-usage curve"; zeros at the end are the dead codes)."""
+    counts = usage(codes, k).double()
+    return torch.sort(counts / counts.sum(), descending=True).values
