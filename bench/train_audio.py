@@ -2,8 +2,8 @@
 held-out voice.
 
 Speech comes from Debian's espeak-ng (``apt-get install -y espeak-ng``): the same texts spoken
-by several voices for training, one more voice held out. Levels are dropped at evaluation to
-scale the bitrate (frames/s x levels x log2 K).
+by several voices for training, one more voice held out. Stages are dropped at evaluation to
+scale the bitrate (frames/s x stages x log2 K).
 
     python bench/train_audio.py --budget-s 600
 
@@ -50,7 +50,7 @@ class Experiment:
     budget_s: float = 600.0
     sample_rate: int = 16000
     codebook_size: int = 1024
-    levels: int = 8
+    stages: int = 8
     batch_size: int = 4
     segment: float = 0.64
     lr: float = 1e-3
@@ -74,7 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-s", type=float, default=Experiment.budget_s)
     ap.add_argument("--sample-rate", type=int, default=Experiment.sample_rate, choices=[16000, 24000])
-    ap.add_argument("--levels", type=int, default=Experiment.levels)
+    ap.add_argument("--stages", type=int, default=Experiment.stages, help="RVQ stages")
     ap.add_argument("--codebook-size", type=int, default=Experiment.codebook_size)
     ap.add_argument("--waveform-weight", type=float, default=Experiment.waveform_weight)
     ap.add_argument("--threads", type=int, default=2)
@@ -82,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    exp = Experiment(budget_s=args.budget_s, sample_rate=args.sample_rate, levels=args.levels,
+    exp = Experiment(budget_s=args.budget_s, sample_rate=args.sample_rate, stages=args.stages,
                      codebook_size=args.codebook_size, waveform_weight=args.waveform_weight)  # fmt: skip
     work = Path(args.work or tempfile.mkdtemp(prefix="vq_audio_"))
     synthesize(work / "train", TRAIN_VOICES, TEXTS)
@@ -92,17 +92,17 @@ def main() -> None:
     cfg = TrainConfig(
         kind="audio", data=str(work / "train"), heldout=str(work / "heldout"), out=str(run),
         model={"sample_rate": exp.sample_rate, "channels": exp.channels, "waveform_weight": exp.waveform_weight,
-               "quantizer": {"kind": "rvq", "codebook_size": exp.codebook_size, "levels": exp.levels,
+               "quantizer": {"kind": "rvq", "codebook_size": exp.codebook_size, "stages": exp.stages,
                              "quantizer_dropout": 0.5}},
         steps=10**9, batch_size=exp.batch_size, lr=exp.lr, segment=exp.segment, checkpoint_every=10**9,
         log_every=10, eval_batches=8, time_budget_s=exp.budget_s, seed=exp.seed,
     )  # fmt: skip
     report = train_tokenizer(cfg)
     print(f"steps {report['steps_done']} in {report['train_seconds']:.0f} s; held-out voice {HELDOUT_VOICE}")
-    print(f"{'levels':>6} {'kbps':>6} {'SI-SNR dB':>9} {'mel L1':>7}  used fraction per level")
+    print(f"{'stages':>6} {'kbps':>6} {'SI-SNR dB':>9} {'mel L1':>7}  used fraction per stage")
     for r in report["heldout"]:
-        used = " ".join(f"{u:.2f}" for u in r["used_fraction_per_level"])
-        print(f"{r['levels']:>6} {r['bitrate_bps'] / 1000:>6.2f} {r['si_snr_db']:>9.2f} {r['mel_distance']:>7.3f}  {used}")
+        used = " ".join(f"{u:.2f}" for u in r["used_fraction_per_stage"])
+        print(f"{r['stages']:>6} {r['bitrate_bps'] / 1000:>6.2f} {r['si_snr_db']:>9.2f} {r['mel_distance']:>7.3f}  {used}")
     print_result({"experiment": asdict(exp), "steps_done": report["steps_done"], "train_seconds": report["train_seconds"],
                   "heldout_voice": HELDOUT_VOICE, "train_voices": TRAIN_VOICES, "heldout": report["heldout"],
                   "run_dir": str(run)})  # fmt: skip

@@ -1,8 +1,8 @@
 """Train VQ-VAE image tokenizers for a fixed CPU budget each; PSNR on held-out images per
-bitrate (bits per pixel) and per-level utilization.
+bitrate (bits per pixel) and per-stage utilization.
 
 Images: offline natural photographs from scikit-image / scikit-learn written as PNG; a few whole
-images are held out. Bottlenecks: a single VectorQuantizer and a 4-level ResidualVQ (levels
+images are held out. Bottlenecks: a single VectorQuantizer and a 4-stage ResidualVQ (stages
 dropped at evaluation to scale the bitrate), both at 4x downsampling.
 
     python bench/train_image.py --budget-s 240      # seconds per model
@@ -32,7 +32,7 @@ log = logging.getLogger("bench.train_image")
 HELDOUT = ("camera", "coffee", "sklearn_flower")
 MODELS = {
     "vq1024": {"kind": "vq", "codebook_size": 1024},
-    "rvq4x256": {"kind": "rvq", "codebook_size": 256, "levels": 4, "quantizer_dropout": 0.5},
+    "rvq4x256": {"kind": "rvq", "codebook_size": 256, "stages": 4, "quantizer_dropout": 0.5},
 }
 
 
@@ -81,12 +81,12 @@ def main() -> None:
         results[name] = {"steps_done": report["steps_done"], "train_seconds": report["train_seconds"],
                          "heldout": report["heldout"]}  # fmt: skip
     pixels_per_position = exp.downsample**2
-    print(f"{'model':<10} {'steps':>6} {'levels':>6} {'bpp':>6} {'PSNR dB':>8}  used fraction per level")
+    print(f"{'model':<10} {'steps':>6} {'stages':>6} {'bpp':>6} {'PSNR dB':>8}  used fraction per stage")
     for name, r in results.items():
         for row in r["heldout"]:
             row["bits_per_pixel"] = row["bits_per_position"] / pixels_per_position
-            used = " ".join(f"{u:.2f}" for u in row["used_fraction_per_level"])
-            print(f"{name:<10} {r['steps_done']:>6} {row['levels']:>6} {row['bits_per_pixel']:>6.3f} {row['psnr_db']:>8.2f}  {used}")
+            used = " ".join(f"{u:.2f}" for u in row["used_fraction_per_stage"])
+            print(f"{name:<10} {r['steps_done']:>6} {row['stages']:>6} {row['bits_per_pixel']:>6.3f} {row['psnr_db']:>8.2f}  {used}")
     print_result({"experiment": asdict(exp), "heldout_images": HELDOUT, "results": results})
 
 

@@ -5,7 +5,7 @@ import torch
 
 from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
 
-TINY = dict(channels=4, dim=8, stft_sizes=(256, 512), quantizer={"codebook_size": 16, "levels": 2})
+TINY = dict(channels=4, dim=8, stft_sizes=(256, 512), quantizer={"codebook_size": 16, "stages": 2})
 
 
 def _speechlike(seed: int, b: int = 2, t: int = 3200) -> torch.Tensor:

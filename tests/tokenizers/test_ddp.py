@@ -19,7 +19,7 @@ def test_two_rank_codebooks_identical_and_no_hang(tmp_path):
     s0 = load_file(str(tmp_path / "rank0.safetensors"))
     s1 = load_file(str(tmp_path / "rank1.safetensors"))
     keys = [k for k in s0 if "codebook" in k or "ema_" in k or "usage" in k]
-    assert {"vq_ema.codebook", "vq_grad.codebook", "rvq.stages.0.codebook", "rvq.stages.1.codebook"} <= set(keys)
+    assert {"vq_ema.codebook", "vq_grad.codebook", "rvq.vqs.0.codebook", "rvq.vqs.1.codebook"} <= set(keys)
     for k in keys:
         assert torch.equal(s0[k], s1[k]), k
     assert bool(s0["vq_ema.initialized"]) and bool(s0["vq_grad.initialized"])

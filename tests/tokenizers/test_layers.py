@@ -1,9 +1,12 @@
 """Quantizer layers: exact decode, gradient flow, collapse resistance, chunked search, bad input."""
+import re
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch import nn
 
-from vq_tokenizers import FSQ, GroupedResidualVQ, ResidualVQ, SimVQ, VectorQuantizer
+from vq_tokenizers import FSQ, GroupedResidualVQ, QuantizerSpec, ResidualVQ, SimVQ, VectorQuantizer
 
 D = 16
 
@@ -130,20 +133,20 @@ def test_reseeding_spares_live_codes_that_miss_a_few_batches():
     assert ours_used > old_used and ours_used > 0.9
 
 
-def test_residual_levels_order_error_and_dropout_codes():
+def test_residual_stages_order_error_and_dropout_codes():
     torch.manual_seed(0)
     rvq = ResidualVQ(8, 64, 4, init_max_batches=1, quantizer_dropout=1.0)
     x = torch.randn(64, 20, 8)
     for _ in range(5):
         out = rvq(x)
     codes = out.codes  # (64, 20, 4)
-    # dropout is per example: all rows of one example keep the same number of levels
+    # dropout is per example: all rows of one example keep the same number of stages
     kept = (codes >= 0).sum(-1)  # (64, 20)
     assert torch.equal(kept, kept[:, :1].expand_as(kept)) and kept.min() >= 1 and kept.max() <= 4
     assert (kept < 4).any()
     assert torch.equal(rvq.decode(codes), out.quantized)
     rvq.eval()
-    errs = [float((rvq(x, n_levels=m).quantized - x).square().mean()) for m in range(1, 5)]
+    errs = [float((rvq(x, n_stages=m).quantized - x).square().mean()) for m in range(1, 5)]
     assert errs == sorted(errs, reverse=True) and errs[-1] < 0.5 * errs[0]
     assert rvq.bitrate(50.0) == 50.0 * 4 * 6
 
@@ -177,3 +180,46 @@ def test_config_validation():
         SimVQ(8, 16, update="ema")
     with pytest.raises(ValueError, match="divisible"):
         GroupedResidualVQ(10, 16, 2, 3)
+
+
+def test_quantizer_spec_reads_the_old_levels_key():
+    """Specs saved before issue #12 call the RVQ stage count "levels"; they load as "stages"."""
+    old = {"kind": "rvq", "codebook_size": 16, "levels": 3, "quantizer_dropout": 0.5}
+    spec = QuantizerSpec.from_dict(old)
+    assert spec == QuantizerSpec("rvq", 16, stages=3, quantizer_dropout=0.5)
+    assert spec.build(8).stages == 3 and len(spec.build(8).vqs) == 3
+    assert QuantizerSpec.from_dict(asdict(spec)) == spec  # today's dicts round-trip
+    assert QuantizerSpec.from_dict({**old, "stages": 3}) == spec  # both keys, one value: fine
+    with pytest.raises(ValueError, match="both 'levels'=3 .*'stages'=4"):
+        QuantizerSpec.from_dict({**old, "stages": 4})
+    with pytest.raises(ValueError, match=r"unknown quantizer spec fields \['depth'\]"):
+        QuantizerSpec.from_dict({"kind": "rvq", "depth": 3})
+    # a partial old spec over a default one (how train.py merges --model-json)
+    default = QuantizerSpec("rvq", 1024, stages=8, quantizer_dropout=0.5)
+    assert QuantizerSpec.from_dict({"levels": 2}, defaults=default) == QuantizerSpec("rvq", 1024, 2, quantizer_dropout=0.5)
+    assert QuantizerSpec.from_dict({}, defaults=default) == default
+    # FSQ's levels (grid points per coordinate) keep their name
+    assert QuantizerSpec.from_dict({"kind": "fsq", "fsq_levels": [5, 5]}).fsq_levels == (5, 5)
+
+
+@pytest.mark.parametrize("make", [lambda: ResidualVQ(8, 16, 2, init_max_batches=1),
+                                  lambda: GroupedResidualVQ(8, 16, 2, 2, init_max_batches=1)], ids=["rvq", "grvq"])
+def test_residual_vq_loads_state_saved_with_old_stage_keys(make):
+    """Before issue #12 the stage quantizers were the module list ``stages`` (now the count)."""
+    torch.manual_seed(0)
+    trained = make()
+    x = torch.randn(64, 8)
+    trained(x)  # k-means init moves the codebooks
+    new = trained.state_dict()
+    old = {re.sub(r"(^|\.)vqs\.", r"\1stages.", k): v for k, v in new.items()}
+    assert any(k.startswith(("stages.1.", "rvqs.0.stages.1.")) for k in old) and old.keys() != new.keys()
+    torch.manual_seed(1)
+    fresh = make()
+    assert not torch.equal(fresh.state_dict()[next(k for k in new if k.endswith("codebook"))],
+                           new[next(k for k in new if k.endswith("codebook"))])
+    fresh.load_state_dict(old)  # strict: every old key found its new place
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in new.items())
+    trained.eval(), fresh.eval()
+    assert torch.equal(fresh(x).quantized, trained(x).quantized)
+    with pytest.raises(ValueError, match="both"):
+        fresh.load_state_dict({**old, **new})

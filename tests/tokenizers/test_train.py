@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,13 @@ import torch
 from PIL import Image
 
 from vq.cli import main as vq_main
+from vq_tokenizers.audio import AudioCodecConfig
 from vq_tokenizers.data import builtin_images, write_wav
-from vq_tokenizers.train import TrainConfig, train_tokenizer
+from vq_tokenizers.image import ImageTokenizerConfig
+from vq_tokenizers.train import TrainConfig, build_model, load_checkpoint, train_tokenizer
 
 TINY_IMAGE = {"hidden": 8, "dim": 8, "res_blocks": 0, "quantizer": {"kind": "vq", "codebook_size": 32}}
-TINY_AUDIO = {"channels": 4, "dim": 8, "stft_sizes": [256, 512], "quantizer": {"codebook_size": 16, "levels": 3}}
+TINY_AUDIO = {"channels": 4, "dim": 8, "stft_sizes": [256, 512], "quantizer": {"codebook_size": 16, "stages": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +61,7 @@ def test_audio_training_reports_each_bitrate(audio_dir, tmp_path):
     report = train_tokenizer(cfg)
     rows = report["train_eval"]
     assert [r["bitrate_bps"] for r in rows] == [50 * 4 * m for m in (1, 2, 3)]
-    assert all(len(r["used_fraction_per_level"]) == 3 and np.isfinite(r["si_snr_db"]) for r in rows)
+    assert all(len(r["used_fraction_per_stage"]) == 3 and np.isfinite(r["si_snr_db"]) for r in rows)
     assert (tmp_path / "spectrograms.png").exists()
 
 
@@ -90,3 +93,60 @@ def test_torchrun_two_gloo_ranks(image_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps_done"] == 4
+
+
+def test_configs_saved_before_the_stages_rename_load(image_dir, tmp_path):
+    """Before issue #12 an RVQ spec's stage count was the JSON key "levels"."""
+    old_q = {"codebook_size": 16, "levels": 3}
+    cfg = TrainConfig(kind="audio", data=str(image_dir), out=str(tmp_path), model={**TINY_AUDIO, "quantizer": old_q})
+    spec = cfg.model_config().quantizer  # partial spec over AudioCodecConfig's default rvq one
+    assert (spec.kind, spec.codebook_size, spec.stages, spec.quantizer_dropout) == ("rvq", 16, 3, 0.5)
+    # a checkpoint's "model_config" JSON, as written before the rename
+    saved = json.loads(json.dumps(asdict(AudioCodecConfig(**{**TINY_AUDIO, "quantizer": {"kind": "rvq", "stages": 3}}))))
+    saved["quantizer"]["levels"] = saved["quantizer"].pop("stages")
+    assert AudioCodecConfig(**saved).quantizer.stages == 3
+    assert ImageTokenizerConfig(quantizer={"kind": "rvq", "levels": 2}).quantizer.stages == 2
+    with pytest.raises(ValueError, match="both 'levels'=3 .*'stages'=2"):
+        TrainConfig(kind="audio", data=str(image_dir), out=str(tmp_path),
+                    model={**TINY_AUDIO, "quantizer": {**old_q, "stages": 2}})  # fmt: skip
+    with pytest.raises(ValueError, match="both 'levels'=2 .*'stages'=4"):
+        ImageTokenizerConfig(quantizer={"kind": "rvq", "levels": 2, "stages": 4})
+
+
+def test_checkpoint_saved_before_the_stages_rename_resumes(audio_dir, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    cfg = TrainConfig(kind="audio", data=str(audio_dir), out=str(tmp_path), model=TINY_AUDIO, steps=2,
+                      batch_size=2, segment=0.2, checkpoint_every=2, log_every=1, eval_batches=1)  # fmt: skip
+    train_tokenizer(cfg)
+    ckpt = tmp_path / "ckpt-00000002.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:  # rewrite it the way the old code wrote it
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k.replace("model.quantizer.vqs.", "model.quantizer.stages."): f.get_tensor(k) for k in f.keys()}
+    assert any(k.startswith("model.quantizer.stages.2.") for k in tensors)
+    meta["model_config"]["quantizer"]["levels"] = meta["model_config"]["quantizer"].pop("stages")
+    save_file(tensors, str(ckpt), metadata={"meta": json.dumps(meta)})
+    fresh = build_model(cfg)
+    load_checkpoint(ckpt, fresh)  # strict load: every old tensor name is mapped
+    assert torch.equal(fresh.quantizer.vqs[2].codebook, tensors["model.quantizer.stages.2.codebook"])
+    assert AudioCodecConfig(**meta["model_config"]) == fresh.config
+    more = train_tokenizer(TrainConfig(**{**cfg.__dict__, "steps": 3}))  # resume, optimizer state included
+    assert [h["step"] for h in more["history"]] == [1, 2, 3]
+
+
+def test_cli_stages_flag_and_deprecated_levels_alias(audio_dir, tmp_path, caplog, capsys):
+    base = ["train-tokenizer", "audio", "--data", str(audio_dir), "--steps", "1", "--batch-size", "2",
+            "--segment", "0.2", "--codebook-size", "16",
+            "--model-json", json.dumps({k: v for k, v in TINY_AUDIO.items() if k != "quantizer"})]  # fmt: skip
+    assert vq_main([*base, "--out", str(tmp_path / "new"), "--stages", "2"]) == 0
+    rows = json.loads((tmp_path / "new" / "report.json").read_text())["train_eval"]
+    assert [r["stages"] for r in rows] == [1, 2] and all(len(r["used_fraction_per_stage"]) == 2 for r in rows)
+    assert "deprecated" not in caplog.text
+    assert vq_main([*base, "--out", str(tmp_path / "old"), "--levels", "2"]) == 0
+    assert "--levels is deprecated: use --stages" in caplog.text
+    report = json.loads((tmp_path / "old" / "report.json").read_text())
+    assert report["model_config"]["quantizer"]["stages"] == 2 and [r["stages"] for r in report["train_eval"]] == [1, 2]
+    assert vq_main([*base, "--out", str(tmp_path / "both"), "--stages", "3", "--levels", "2"]) == 1
+    assert "--stages 3 and the deprecated --levels 2 disagree" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()

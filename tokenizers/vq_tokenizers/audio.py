@@ -6,11 +6,11 @@ Loss: multi-scale STFT (L1 on magnitude and log-magnitude) + L1 log-mel + L1 on 
 + quantizer loss. The waveform term is what pins down phase: the spectral terms only see
 magnitudes, so without it the decoder learns the right spectrogram with arbitrary phase and
 the output is uncorrelated with the input (SI-SNR around -30 dB however long it trains).
-Bitrate = frames/s x levels x log2(K); dropping levels at inference lowers it.
+Bitrate = frames/s x stages x log2(K); dropping stages at inference lowers it.
 
     codec = AudioCodec(AudioCodecConfig(sample_rate=16000))     # 50 frames/s
     out = codec(wave)                       # wave (B, 1, T), T a multiple of codec.hop
-    codes = codec.encode(wave, n_levels=4)  # (B, frames, levels), unused levels = -1
+    codes = codec.encode(wave, n_stages=4)  # (B, frames, stages), unused stages = -1
     y = codec.decode(codes)                 # (B, 1, T)
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class AudioCodecConfig:
     ratios: tuple[int, ...] | None = None  # default from the sample rate
     dim: int = 64
     quantizer: QuantizerSpec = field(
-        default_factory=lambda: QuantizerSpec("rvq", 1024, levels=8, quantizer_dropout=0.5)
+        default_factory=lambda: QuantizerSpec("rvq", 1024, stages=8, quantizer_dropout=0.5)
     )
     stft_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     n_mels: int = 64
@@ -66,7 +66,7 @@ class AudioCodecConfig:
             if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
         if isinstance(self.quantizer, dict):
-            object.__setattr__(self, "quantizer", QuantizerSpec(**self.quantizer))
+            object.__setattr__(self, "quantizer", QuantizerSpec.from_dict(self.quantizer))
 
     @property
     def hop(self) -> int:
@@ -133,7 +133,7 @@ class AudioCodec(TokenizerModel):
         return self.decoder(quantized.transpose(1, 2))  # (B, 1, T)
 
     def forward(self, x: Tensor, **quantizer_kwargs) -> AudioCodecOutput:
-        """x (B, 1, T) float in [-1, 1]; ``quantizer_kwargs`` e.g. ``n_levels=4``."""
+        """x (B, 1, T) float in [-1, 1]; ``quantizer_kwargs`` e.g. ``n_stages=4``."""
         self._check(x)
         q = self._quantize(x, **quantizer_kwargs)
         y = self._reconstruct(q.quantized)
@@ -146,9 +146,9 @@ class AudioCodec(TokenizerModel):
         rec = multiscale_stft_loss(y, x, cfg.stft_sizes) + cfg.mel_weight * self.mel.distance(y, x)
         return rec + cfg.waveform_weight * F.l1_loss(y, x)
 
-    def bitrate(self, n_levels: int | None = None) -> float:
-        """bits/s = frames/s x bits per frame (levels x log2 K for RVQ)."""
-        return self.config.frame_rate * self.config.quantizer.bits_per_frame(n_levels)
+    def bitrate(self, n_stages: int | None = None) -> float:
+        """bits/s = frames/s x bits per frame (stages x log2 K for RVQ)."""
+        return self.config.frame_rate * self.config.quantizer.bits_per_frame(n_stages)
 
 
 def _stft_mag(x: Tensor, n_fft: int) -> Tensor:

@@ -29,7 +29,7 @@ class TokenizerModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: Tensor, **quantizer_kwargs) -> Tensor:
-        """Input -> integer codes (``quantizer_kwargs`` e.g. ``n_levels`` for RVQ)."""
+        """Input -> integer codes (``quantizer_kwargs`` e.g. ``n_stages`` for RVQ)."""
         self._check(x)
         return self._quantize(x, **quantizer_kwargs).codes
 

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, help="stop after this many seconds")
     p.add_argument("--quantizer", choices=["vq", "simvq", "fsq", "rvq", "grvq"], help="bottleneck kind")
     p.add_argument("--codebook-size", type=int)
-    p.add_argument("--levels", type=int, help="RVQ levels")
+    p.add_argument("--stages", type=int, help="RVQ / GRVQ stages (codebooks in sequence)")
+    # the name before issue #12; still accepted, with a warning
+    p.add_argument("--levels", dest="deprecated_levels", type=int, help=argparse.SUPPRESS)
     p.add_argument("--downsample", type=int, choices=[4, 8], help="image downsampling factor")
     p.add_argument("--sample-rate", type=int, help="audio sample rate (16000 or 24000)")
     p.add_argument("--model-json", default="{}", help="extra model config fields as JSON")
@@ -45,9 +47,15 @@ def _run(args: argparse.Namespace) -> int:
     if not isinstance(model, dict):
         raise ValueError("--model-json must be a JSON object")
     quant = dict(model.get("quantizer", {}))
-    for flag, key in (("quantizer", "kind"), ("codebook_size", "codebook_size"), ("levels", "levels")):
-        if getattr(args, flag) is not None:
-            quant[key] = getattr(args, flag)
+    stages = args.stages
+    if args.deprecated_levels is not None:
+        log.warning("--levels is deprecated: use --stages (the number of RVQ stages)")
+        if stages is not None and stages != args.deprecated_levels:
+            raise ValueError(f"--stages {stages} and the deprecated --levels {args.deprecated_levels} disagree")
+        stages = args.deprecated_levels
+    for key, value in (("kind", args.quantizer), ("codebook_size", args.codebook_size), ("stages", stages)):
+        if value is not None:
+            quant[key] = value
     if quant:
         model["quantizer"] = quant
     if args.downsample is not None:

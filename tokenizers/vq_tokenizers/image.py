@@ -3,7 +3,7 @@
     model = VQVAE(ImageTokenizerConfig(downsample=4, quantizer=QuantizerSpec("vq", 1024)))
     out = model(x)                  # x (B, 3, H, W) in [0, 1], H and W multiples of downsample
     out.loss.backward()             # reconstruction (L1 or L2) + quantizer loss
-    codes = model.encode(x)         # (B, H/f, W/f) or (B, H/f, W/f, levels) int64
+    codes = model.encode(x)         # (B, H/f, W/f) or (B, H/f, W/f, stages) int64
     y = model.decode(codes)         # (B, 3, H, W), equals out.reconstruction
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class ImageTokenizerConfig:
         require_choice("downsample", self.downsample, (4, 8))
         require_choice("recon_loss", self.recon_loss, ("l1", "l2"))
         if isinstance(self.quantizer, dict):
-            object.__setattr__(self, "quantizer", QuantizerSpec(**self.quantizer))
+            object.__setattr__(self, "quantizer", QuantizerSpec.from_dict(self.quantizer))
 
 
 class ImageTokenizerOutput(NamedTuple):
@@ -104,7 +104,7 @@ class VQVAE(TokenizerModel):
         return (self.decoder(quantized.permute(0, 3, 1, 2)) + 1) / 2  # (B, C, H, W)
 
     def forward(self, x: Tensor, **quantizer_kwargs) -> ImageTokenizerOutput:
-        """x (B, C, H, W) float in [0, 1]; ``quantizer_kwargs`` e.g. ``n_levels`` for RVQ."""
+        """x (B, C, H, W) float in [0, 1]; ``quantizer_kwargs`` e.g. ``n_stages`` for RVQ."""
         self._check(x)
         q = self._quantize(x, **quantizer_kwargs)
         y = self._reconstruct(q.quantized)

@@ -4,9 +4,9 @@ Every layer takes channel-last input ``(..., dim)`` and returns one fixed NamedT
 
     out = layer(x)
     out.quantized   # (..., dim) float32 — equals layer.decode(out.codes) bit for bit
-    out.codes       # (...,) int64 (single codebook) or (..., levels) / (..., groups, levels)
+    out.codes       # (...,) int64 (single codebook) or (..., stages) / (..., groups, stages)
     out.loss        # () float32, weighted commitment + codebook losses (add to the task loss)
-    out.stats       # QuantizerStats: per-level used fraction / perplexity of this batch
+    out.stats       # QuantizerStats: per-stage used fraction / perplexity of this batch
 
 Nearest-code search is :func:`vq.codebook.assign` (chunked: the ``(rows, K)`` distance block
 stays under ``chunk_bytes``, no ``n x K`` one-hot anywhere), so K = 65536 trains. Codebook
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -57,11 +58,11 @@ DEFAULT_CHUNK_BYTES = 32 << 20
 
 
 class QuantizerStats(NamedTuple):
-    """Usage of this batch, one entry per level (1 for single-codebook layers)."""
+    """Usage of this batch, one entry per stage (1 for single-codebook layers)."""
 
-    used_fraction: Tensor  # (levels,) float32: codes hit at least once / K
-    perplexity: Tensor  # (levels,) float32: exp(entropy) of the batch's code histogram
-    commitment_loss: Tensor  # () unweighted ||z - sg(q)||^2 mean (summed over levels)
+    used_fraction: Tensor  # (stages,) float32: codes hit at least once / K
+    perplexity: Tensor  # (stages,) float32: exp(entropy) of the batch's code histogram
+    commitment_loss: Tensor  # () unweighted ||z - sg(q)||^2 mean (summed over stages)
     codebook_loss: Tensor  # () unweighted ||sg(z) - q||^2 mean (0 for EMA / FSQ)
 
 
@@ -611,60 +612,63 @@ class FSQ(nn.Module):
 
 # -- residual ------------------------------------------------------------------------------------
 class ResidualVQ(nn.Module):
-    """Residual VQ: ``levels`` :class:`VectorQuantizer` stages, each with its own codebook (and its
+    """Residual VQ: ``stages`` :class:`VectorQuantizer` stages, each with its own codebook (and its
     own projections when ``codebook_dim`` is set), each quantizing what the previous left.
 
     Quantizer dropout (SoundStream): during training, a fraction ``quantizer_dropout`` of the
-    examples (index 0 of the input; rows of a 2-D input) keep only a random number of levels
-    ``n_q ~ U{1..levels}``; dropped levels contribute nothing and get code ``-1``. Every stage
-    still sees and learns from all vectors. ``forward(x, n_levels=m)`` keeps the first m levels
+    examples (index 0 of the input; rows of a 2-D input) keep only a random number of stages
+    ``n_q ~ U{1..stages}``; dropped stages contribute nothing and get code ``-1``. Every stage
+    still sees and learns from all vectors. ``forward(x, n_stages=m)`` keeps the first m stages
     for everyone (bitrate scaling at inference).
 
-    Codes: (..., levels) int64 in ``[-1, K)``, ``-1`` = level not used. ``decode`` accepts the same.
+    Codes: (..., stages) int64 in ``[-1, K)``, ``-1`` = stage not used. ``decode`` accepts the same.
+    The stage quantizers are ``vqs`` (state-dict keys ``vqs.<i>.``; ``stages.<i>.`` from before
+    issue #12 still load).
     """
 
-    def __init__(self, dim: int, codebook_size: int, levels: int, *, quantizer_dropout: float = 0.0, **vq_options: Any):
+    def __init__(self, dim: int, codebook_size: int, stages: int, *, quantizer_dropout: float = 0.0, **vq_options: Any):
         super().__init__()
-        require_int("levels", levels, 1)
+        require_int("stages", stages, 1)
         if not 0.0 <= quantizer_dropout <= 1.0:
             raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
         seed = vq_options.pop("seed", 0)
-        self.dim, self.codebook_size, self.levels = dim, codebook_size, levels
+        self.dim, self.codebook_size, self.stages = dim, codebook_size, stages
         self.quantizer_dropout = quantizer_dropout
-        self.stages = nn.ModuleList(
-            VectorQuantizer(dim, codebook_size, seed=seed + i, **vq_options) for i in range(levels)
+        self.vqs = nn.ModuleList(
+            VectorQuantizer(dim, codebook_size, seed=seed + i, **vq_options) for i in range(stages)
         )
+        self.register_load_state_dict_pre_hook(_load_old_stage_keys)
 
-    def sample_levels(self, n_examples: int, n_levels: int | None, device: torch.device) -> Tensor:
-        """(n_examples,) int64 number of levels each example keeps."""
-        if n_levels is not None:
-            require_int("n_levels", n_levels, 1)
-            if n_levels > self.levels:
-                raise ValueError(f"n_levels={n_levels} exceeds the {self.levels} levels of this quantizer")
-            return torch.full((n_examples,), n_levels, dtype=torch.int64, device=device)
-        keep = torch.full((n_examples,), self.levels, dtype=torch.int64, device=device)
+    def sample_stages(self, n_examples: int, n_stages: int | None, device: torch.device) -> Tensor:
+        """(n_examples,) int64 number of stages each example keeps."""
+        if n_stages is not None:
+            require_int("n_stages", n_stages, 1)
+            if n_stages > self.stages:
+                raise ValueError(f"n_stages={n_stages} exceeds the {self.stages} stages of this quantizer")
+            return torch.full((n_examples,), n_stages, dtype=torch.int64, device=device)
+        keep = torch.full((n_examples,), self.stages, dtype=torch.int64, device=device)
         if self.training and self.quantizer_dropout > 0:
             drop = torch.rand(n_examples, device=device) < self.quantizer_dropout
-            keep = torch.where(drop, torch.randint(1, self.levels + 1, (n_examples,), device=device), keep)
+            keep = torch.where(drop, torch.randint(1, self.stages + 1, (n_examples,), device=device), keep)
         return keep
 
-    def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
+    def forward(self, x: Tensor, n_stages: int | None = None) -> QuantizerOutput:
         x = check_channel_last(x, self.dim)
         examples = x.shape[0] if x.dim() > 1 else 1
-        keep = self.sample_levels(examples, n_levels, x.device)  # (B,)
+        keep = self.sample_stages(examples, n_stages, x.device)  # (B,)
         per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
         return self._run(x, per_row)
 
     def _run(self, x: Tensor, keep: Tensor) -> QuantizerOutput:
-        """x (..., dim); keep (n,) levels kept per flattened row."""
+        """x (..., dim); keep (n,) stages kept per flattened row."""
         lead = x.shape[:-1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             residual = x.reshape(-1, self.dim).float()  # (n, dim)
             out = torch.zeros_like(residual)
             codes, loss, parts = [], residual.new_zeros(()), []
-            for level, stage in enumerate(self.stages):
-                o = stage(residual)
-                on = keep > level  # (n,)
+            for i, vq in enumerate(self.vqs):
+                o = vq(residual)
+                on = keep > i  # (n,)
                 out = out + o.quantized * on[:, None].to(out.dtype)
                 residual = residual - o.quantized.detach()
                 codes.append(torch.where(on, o.codes, torch.full_like(o.codes, -1)))
@@ -676,93 +680,106 @@ class ResidualVQ(nn.Module):
             sum(s.commitment_loss for s in parts),
             sum(s.codebook_loss for s in parts),
         )
-        codes_t = torch.stack(codes, dim=-1)  # (n, levels)
-        return QuantizerOutput(out.reshape(*lead, self.dim), codes_t.reshape(*lead, self.levels), loss, stats)
+        codes_t = torch.stack(codes, dim=-1)  # (n, stages)
+        return QuantizerOutput(out.reshape(*lead, self.dim), codes_t.reshape(*lead, self.stages), loss, stats)
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes (..., levels) int in [-1, K) (-1 = level unused) -> (..., dim) float32."""
+        """codes (..., stages) int in [-1, K) (-1 = stage unused) -> (..., dim) float32."""
         codes = check_int_tensor(codes)
-        if codes.dim() == 0 or codes.shape[-1] != self.levels:
-            raise ValueError(f"codes must have shape (..., {self.levels}), got {tuple(codes.shape)}")
-        flat = codes.reshape(-1, self.levels)  # (n, levels)
+        if codes.dim() == 0 or codes.shape[-1] != self.stages:
+            raise ValueError(f"codes must have shape (..., {self.stages}), got {tuple(codes.shape)}")
+        flat = codes.reshape(-1, self.stages)  # (n, stages)
         if bool(((flat < -1) | (flat >= self.codebook_size)).any()):
             bad = flat[(flat < -1) | (flat >= self.codebook_size)][0].item()
             raise ValueError(f"codes out of range: found {bad}, valid range is [-1, {self.codebook_size})")
         out = torch.zeros(flat.shape[0], self.dim, device=codes.device)
-        for level, stage in enumerate(self.stages):
-            on = flat[:, level] >= 0
-            out = out + stage.decode(flat[:, level].clamp_min(0)) * on[:, None].to(out.dtype)
+        for i, vq in enumerate(self.vqs):
+            on = flat[:, i] >= 0
+            out = out + vq.decode(flat[:, i].clamp_min(0)) * on[:, None].to(out.dtype)
         return out.reshape(*codes.shape[:-1], self.dim)
 
-    def bitrate(self, frames_per_second: float, n_levels: int | None = None) -> float:
-        """bits/s = frames/s x levels x log2(K)."""
-        return frames_per_second * (n_levels or self.levels) * math.log2(self.codebook_size)
+    def bitrate(self, frames_per_second: float, n_stages: int | None = None) -> float:
+        """bits/s = frames/s x stages x log2(K)."""
+        return frames_per_second * (n_stages or self.stages) * math.log2(self.codebook_size)
+
+
+def _load_old_stage_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook of :class:`ResidualVQ`: state written before issue #12 named the
+    stage quantizers ``stages`` (now the stage count), so ``<prefix>stages.<i>.`` -> ``<prefix>vqs.<i>.``."""
+    old, new = prefix + "stages.", prefix + "vqs."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        renamed = new + key[len(old) :]
+        if renamed in state_dict:
+            raise ValueError(f"state dict has both {key!r} (old name) and {renamed!r}")
+        state_dict[renamed] = state_dict.pop(key)
 
 
 class GroupedResidualVQ(nn.Module):
     """``groups`` independent :class:`ResidualVQ` on equal slices of the channel dimension.
 
-    Codes: (..., groups, levels). Quantizer dropout draws one ``n_q`` per example shared by all
-    groups. Stats are concatenated group-major: entry ``g * levels + l``.
+    Codes: (..., groups, stages). Quantizer dropout draws one ``n_q`` per example shared by all
+    groups. Stats are concatenated group-major: entry ``g * stages + s``.
     """
 
-    def __init__(self, dim: int, codebook_size: int, levels: int, groups: int, **rvq_options: Any):
+    def __init__(self, dim: int, codebook_size: int, stages: int, groups: int, **rvq_options: Any):
         super().__init__()
         require_int("groups", groups, 1)
         if dim % groups:
             raise ValueError(f"dim={dim} is not divisible by groups={groups}")
         seed = rvq_options.pop("seed", 0)
-        self.dim, self.groups, self.levels, self.codebook_size = dim, groups, levels, codebook_size
+        self.dim, self.groups, self.stages, self.codebook_size = dim, groups, stages, codebook_size
         self.rvqs = nn.ModuleList(
-            ResidualVQ(dim // groups, codebook_size, levels, seed=seed + 1000 * g, **rvq_options) for g in range(groups)
+            ResidualVQ(dim // groups, codebook_size, stages, seed=seed + 1000 * g, **rvq_options) for g in range(groups)
         )
 
-    def forward(self, x: Tensor, n_levels: int | None = None) -> QuantizerOutput:
+    def forward(self, x: Tensor, n_stages: int | None = None) -> QuantizerOutput:
         x = check_channel_last(x, self.dim)
         examples = x.shape[0] if x.dim() > 1 else 1
-        keep = self.rvqs[0].sample_levels(examples, n_levels, x.device)
+        keep = self.rvqs[0].sample_stages(examples, n_stages, x.device)
         per_row = keep.repeat_interleave(x[..., 0].numel() // examples)  # (n,)
         outs = [r._run(part, per_row) for r, part in zip(self.rvqs, x.chunk(self.groups, dim=-1))]
         stats = QuantizerStats(
-            torch.cat([o.stats.used_fraction for o in outs]),  # (groups * levels,)
+            torch.cat([o.stats.used_fraction for o in outs]),  # (groups * stages,)
             torch.cat([o.stats.perplexity for o in outs]),
             sum(o.stats.commitment_loss for o in outs),
             sum(o.stats.codebook_loss for o in outs),
         )
         return QuantizerOutput(
             torch.cat([o.quantized for o in outs], dim=-1),
-            torch.stack([o.codes for o in outs], dim=-2),  # (..., groups, levels)
+            torch.stack([o.codes for o in outs], dim=-2),  # (..., groups, stages)
             sum(o.loss for o in outs),
             stats,
         )
 
     def decode(self, codes: Tensor) -> Tensor:
-        """codes (..., groups, levels) -> (..., dim) float32."""
+        """codes (..., groups, stages) -> (..., dim) float32."""
         codes = check_int_tensor(codes)
-        if codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.groups, self.levels):
-            raise ValueError(f"codes must have shape (..., {self.groups}, {self.levels}), got {tuple(codes.shape)}")
+        if codes.dim() < 2 or tuple(codes.shape[-2:]) != (self.groups, self.stages):
+            raise ValueError(f"codes must have shape (..., {self.groups}, {self.stages}), got {tuple(codes.shape)}")
         return torch.cat([r.decode(codes[..., g, :]) for g, r in enumerate(self.rvqs)], dim=-1)
 
-    def bitrate(self, frames_per_second: float, n_levels: int | None = None) -> float:
-        return self.groups * self.rvqs[0].bitrate(frames_per_second, n_levels)
+    def bitrate(self, frames_per_second: float, n_stages: int | None = None) -> float:
+        return self.groups * self.rvqs[0].bitrate(frames_per_second, n_stages)
 
 
 _KINDS = ("vq", "simvq", "fsq", "rvq", "grvq")
+#: keys of quantizer specs saved before issue #12 ("one name per idea") -> today's field names
+_RENAMED_SPEC_KEYS = {"levels": "stages"}
 
 
 @dataclass(frozen=True)
 class QuantizerSpec:
     """Which bottleneck a model uses; ``build(dim)`` makes the layer. JSON round-trip via
-    ``dataclasses.asdict`` / ``QuantizerSpec(**d)``.
+    ``dataclasses.asdict`` / :meth:`from_dict` (which also reads specs saved before a rename).
 
-    kind: ``vq`` | ``simvq`` | ``fsq`` | ``rvq`` | ``grvq``; ``levels`` (rvq / grvq stages),
+    kind: ``vq`` | ``simvq`` | ``fsq`` | ``rvq`` | ``grvq``; ``stages`` (rvq / grvq: codebooks in sequence),
     ``groups`` (grvq), ``fsq_levels`` (fsq), ``quantizer_dropout`` (rvq / grvq), ``options``:
     extra :class:`VQConfig` fields for the vector-quantizer kinds (e.g. ``{"update": "gradient"}``).
     """
 
     kind: str = "vq"
     codebook_size: int = 1024
-    levels: int = 1
+    stages: int = 1
     groups: int = 1
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     quantizer_dropout: float = 0.0
@@ -772,13 +789,35 @@ class QuantizerSpec:
         if self.kind not in _KINDS:
             raise ValueError(f"quantizer kind must be one of {_KINDS}, got {self.kind!r}")
         require_int("codebook_size", self.codebook_size, 2)
-        require_int("levels", self.levels, 1)
+        require_int("stages", self.stages, 1)
         require_int("groups", self.groups, 1)
         object.__setattr__(self, "fsq_levels", tuple(self.fsq_levels))
         opts = self.options.items() if isinstance(self.options, dict) else self.options
         object.__setattr__(self, "options", tuple((str(k), v) for k, v in opts))
         if self.kind == "fsq" and self.options:
             raise ValueError("fsq takes no VQ options")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], defaults: "QuantizerSpec | None" = None) -> "QuantizerSpec":
+        """The spec a (JSON) dict describes, fields it leaves out taken from ``defaults`` (or the
+        dataclass defaults). The one place old keys are read: ``"levels"`` (RVQ / GRVQ stage count
+        before issue #12) means ``"stages"``; a dict giving both with different values is an error."""
+        if not isinstance(d, dict):
+            raise TypeError(f"a quantizer spec must be a dict, got {type(d).__name__}")
+        fields = dict(d)
+        for old, new in _RENAMED_SPEC_KEYS.items():
+            if old in fields:
+                value = fields.pop(old)
+                if new in fields and fields[new] != value:
+                    raise ValueError(
+                        f"quantizer spec gives both {old!r}={value!r} (the old name) and {new!r}={fields[new]!r}"
+                    )
+                fields[new] = value
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"unknown quantizer spec fields {sorted(unknown)}; known: {sorted(known)}")
+        return dataclasses.replace(defaults, **fields) if defaults is not None else cls(**fields)
 
     def build(self, dim: int) -> nn.Module:
         opts = dict(self.options)
@@ -789,15 +828,15 @@ class QuantizerSpec:
         if self.kind == "fsq":
             return FSQ(dim, list(self.fsq_levels))
         if self.kind == "rvq":
-            return ResidualVQ(dim, self.codebook_size, self.levels, quantizer_dropout=self.quantizer_dropout, **opts)
+            return ResidualVQ(dim, self.codebook_size, self.stages, quantizer_dropout=self.quantizer_dropout, **opts)
         return GroupedResidualVQ(
-            dim, self.codebook_size, self.levels, self.groups, quantizer_dropout=self.quantizer_dropout, **opts
+            dim, self.codebook_size, self.stages, self.groups, quantizer_dropout=self.quantizer_dropout, **opts
         )
 
-    def bits_per_frame(self, n_levels: int | None = None) -> float:
-        """Code bits per latent position (all levels, or the first ``n_levels``)."""
+    def bits_per_frame(self, n_stages: int | None = None) -> float:
+        """Code bits per latent position (all stages, or the first ``n_stages``)."""
         if self.kind == "fsq":
             return math.log2(math.prod(self.fsq_levels))
-        stages = (n_levels or self.levels) if self.kind in ("rvq", "grvq") else 1
+        stages = (n_stages or self.stages) if self.kind in ("rvq", "grvq") else 1
         groups = self.groups if self.kind == "grvq" else 1
         return groups * stages * math.log2(self.codebook_size)

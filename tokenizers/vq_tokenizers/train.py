@@ -8,8 +8,8 @@
 Every ``checkpoint_every`` steps (and at the end) rank 0 writes ``ckpt-<step>.safetensors``: the
 model and Adam tensors, with the configs, step, history and optimizer hyper-parameters as JSON
 metadata. A new run on the same ``out`` resumes from the newest checkpoint. At the end rank 0
-writes ``report.json`` (config, history, held-out metrics per number of levels) and PNG plots:
-``loss.png``, ``utilization.png`` (per level over time), ``reconstructions.png`` (images) or
+writes ``report.json`` (config, history, held-out metrics per number of stages kept) and PNG plots:
+``loss.png``, ``utilization.png`` (per stage over time), ``reconstructions.png`` (images) or
 ``spectrograms.png`` (audio).
 
 DDP: gloo on CPU, NCCL on GPU; ``broadcast_buffers=False`` — the quantizer layers keep their
@@ -36,6 +36,7 @@ from vq.codebook.metrics import used_fraction
 from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
 from vq_tokenizers.data import AudioFolder, ImageFolder
 from vq_tokenizers.image import VQVAE, ImageTokenizerConfig, psnr
+from vq_tokenizers.layers import QuantizerSpec
 
 __all__ = ["TrainConfig", "train_tokenizer", "build_model", "load_checkpoint", "evaluate"]
 
@@ -85,7 +86,7 @@ class TrainConfig:
             raise ValueError(f"unknown {self.kind} model fields {sorted(unknown)}; known: {sorted(known)}")
         fields = dict(self.model)
         if isinstance(fields.get("quantizer"), dict):  # partial spec: over the model's default one
-            fields["quantizer"] = {**asdict(cls().quantizer), **fields["quantizer"]}
+            fields["quantizer"] = QuantizerSpec.from_dict(fields["quantizer"], defaults=cls().quantizer)
         return cls(**fields)
 
 
@@ -143,22 +144,22 @@ def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def _level_options(model: nn.Module) -> list[int | None]:
+def _stage_options(model: nn.Module) -> list[int | None]:
     spec = model.config.quantizer
-    return list(range(1, spec.levels + 1)) if spec.kind in ("rvq", "grvq") else [None]
+    return list(range(1, spec.stages + 1)) if spec.kind in ("rvq", "grvq") else [None]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: list[Tensor]) -> list[dict[str, float]]:
-    """Held-out metrics for each number of kept levels: PSNR (images) or SI-SNR + mel distance
-    (audio), bitrate / bits per latent position, and per-level used fraction over all batches."""
+    """Held-out metrics for each number of kept stages: PSNR (images) or SI-SNR + mel distance
+    (audio), bitrate / bits per latent position, and per-stage used fraction over all batches."""
     was_training = model.training
     model.eval()
     rows = []
     spec = model.config.quantizer
     k = spec.codebook_size if spec.kind != "fsq" else math.prod(spec.fsq_levels)
-    for n in _level_options(model):
-        kw = {} if n is None else {"n_levels": n}
+    for n in _stage_options(model):
+        kw = {} if n is None else {"n_stages": n}
         metric, mel, codes = [], [], []
         for x in batches:
             out = model(x, **kw)
@@ -168,9 +169,9 @@ def evaluate(model: nn.Module, batches: list[Tensor]) -> list[dict[str, float]]:
                 metric.append(si_snr(out.reconstruction, x))
                 mel.append(float(model.mel.distance(out.reconstruction, x)))
             codes.append(out.quant.codes.reshape(-1, out.quant.codes.shape[-1] if spec.kind in ("rvq", "grvq") else 1))
-        allc = torch.cat(codes)  # (positions, levels)
+        allc = torch.cat(codes)  # (positions, stages)
         used = [used_fraction(c[c >= 0], k) if bool((c >= 0).any()) else 0.0 for c in allc.T]  # -1: dropped
-        row = {"levels": n or 1, "used_fraction_per_level": used}
+        row = {"stages": n or 1, "used_fraction_per_stage": used}
         if isinstance(model, VQVAE):
             row["psnr_db"] = sum(metric) / len(metric)
             row["bits_per_position"] = spec.bits_per_frame(n)
@@ -197,9 +198,9 @@ def _plots(out: Path, history: list[dict], model: nn.Module, sample: Tensor) -> 
     ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.legend(), fig.tight_layout()
     fig.savefig(out / "loss.png", dpi=100), plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    used = torch.tensor([h["used_fraction"] for h in history])  # (logs, levels)
+    used = torch.tensor([h["used_fraction"] for h in history])  # (logs, stages)
     for j in range(used.shape[1]):
-        ax.plot(steps, used[:, j].tolist(), label=f"level {j}")
+        ax.plot(steps, used[:, j].tolist(), label=f"stage {j}")
     ax.set_xlabel("step"), ax.set_ylabel("batch used fraction"), ax.set_ylim(0, 1.02)
     if used.shape[1] <= 12:
         ax.legend(fontsize=7)
