@@ -1,6 +1,7 @@
 """Training loop: checkpoints, resume, report + plots, CLI, torchrun with two gloo ranks."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import asdict
@@ -81,10 +82,17 @@ def test_cli_train_tokenizer(image_dir, tmp_path):
     assert rc == 0 and (tmp_path / "report.json").exists()
 
 
+def _free_port() -> int:
+    """A port no one listens on now (a fixed one collided when two suites ran at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_torchrun_two_gloo_ranks(image_dir, tmp_path):
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tokenizers")]), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "vq.cli", "train-tokenizer", "image", "--data", str(image_dir), "--out", str(tmp_path),
            "--steps", "4", "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
            "--model-json", json.dumps({**TINY_IMAGE, "quantizer": {"kind": "vq", "codebook_size": 32,

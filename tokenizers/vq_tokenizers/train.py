@@ -226,17 +226,19 @@ def _plots(out: Path, history: list[dict], model: nn.Module, sample: Tensor) -> 
 
 
 # -- training ----------------------------------------------------------------------------------
-def _setup_distributed() -> tuple[int, int, torch.device]:
+def _setup_distributed() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    created = world > 1 and not dist.is_initialized()
+    if created:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        return rank, world, torch.device("cuda", local), created
+    return rank, world, torch.device("cpu"), created
 
 
 def _dataset(cfg: TrainConfig, folder: str, model: nn.Module) -> ImageFolder | AudioFolder:
@@ -254,7 +256,7 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) and return the final report (also written to ``out/report.json`` on rank 0)."""
     from tqdm import tqdm
 
-    rank, world, device = _setup_distributed()
+    rank, world, device, created_group = _setup_distributed()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -316,4 +318,6 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
         log.info("report written to %s", out / "report.json")
     if world > 1:
         dist.barrier()
+    if created_group:  # a process leaving with gloo's threads alive aborted ("terminate called ...") under load
+        dist.destroy_process_group()
     return report
