@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from vq.weights.nn import VQLinear
 from vq_kernels import cpu
-from vq_kernels.packing import code_bits
+from vq_kernels.packing import index_bits
 
 log = logging.getLogger("bench.lut_cpu")
 
@@ -83,7 +83,7 @@ def _random_layer(out: int, inp: int, M: int, K: int, d: int, gen: torch.Generat
 
 
 def _bits(spec: dict) -> float:
-    return spec["M"] * code_bits(spec["K"]) / spec["d"]
+    return spec["M"] * index_bits(spec["K"]) / spec["d"]
 
 
 def run(exp: Experiment) -> dict:

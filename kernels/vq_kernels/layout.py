@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vq_kernels.packing import check_bits, code_bits, pack, unpack, words_per_row
+from vq_kernels.packing import check_bits, index_bits, pack, unpack, words_per_row
 
 __all__ = ["VQLayout", "FLOAT_DTYPES", "check_input"]
 
@@ -86,7 +86,7 @@ class VQLayout:
         return (self.row_tiles, self.group_tiles, self.M, self.K, self.d)
 
     @property
-    def bits_per_weight(self) -> float:
+    def code_bits_per_weight(self) -> float:
         """Code bits per weight (codebooks and scales excluded)."""
         return self.M * self.bits / self.d
 
@@ -116,10 +116,10 @@ class VQLayout:
         cls, out_features: int, in_features: int, *, d: int, K: int, M: int = 1, bits: int | None = None,
         tile_rows: int | None = None, tile_groups: int | None = None,
     ) -> "VQLayout":
-        """The layout with the defaults filled in: ``bits = code_bits(K)``, one global codebook."""
+        """The layout with the defaults filled in: ``bits = index_bits(K)``, one global codebook."""
         n_groups = max(1, in_features // _pos_int("d", d)) if isinstance(in_features, int) else 1
         return cls(
-            out_features, in_features, d, M, K, code_bits(_pos_int("K", K)) if bits is None else bits,
+            out_features, in_features, d, M, K, index_bits(_pos_int("K", K)) if bits is None else bits,
             out_features if tile_rows is None else tile_rows, n_groups if tile_groups is None else tile_groups,
         )
 
@@ -136,7 +136,7 @@ class VQLayout:
     ) -> "VQLayout":
         """Infer the layout from logical codes (out, n_groups, M) or packed codes + ``in_features``.
 
-        ``bits`` defaults to ``code_bits(K)``; tiles default to one global codebook.
+        ``bits`` defaults to ``index_bits(K)``; tiles default to one global codebook.
         """
         if not isinstance(codebooks, Tensor) or codebooks.dim() != 5:
             shape = tuple(codebooks.shape) if isinstance(codebooks, Tensor) else type(codebooks).__name__

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["code_bits", "words_per_row", "pack_codes", "unpack_codes", "check_bits"]
+__all__ = ["index_bits", "words_per_row", "pack_codes", "unpack_codes", "check_bits"]
 
 _U32 = 1 << 32
 
@@ -27,7 +27,7 @@ def check_bits(bits: int) -> int:
     return bits
 
 
-def code_bits(K: int) -> int:
+def index_bits(K: int) -> int:
     """The code width of ``K`` codewords, ``max(1, ceil(log2 K))`` (the one place it is derived)."""
     return max(1, (K - 1).bit_length())
 

@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from vq_kernels.layout import VQLayout  # noqa: E402
-from vq_kernels.packing import code_bits  # noqa: E402
+from vq_kernels.packing import index_bits  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Case:
         n_groups = self.inp // self.d
         tr = self.tile_rows or self.out
         tg = self.tile_groups or n_groups
-        lay = VQLayout(self.out, self.inp, self.d, self.M, self.K, code_bits(self.K), tr, tg)
+        lay = VQLayout(self.out, self.inp, self.d, self.M, self.K, index_bits(self.K), tr, tg)
         codes = torch.randint(0, self.K, (self.out, n_groups, self.M), generator=g)
         codebooks = torch.randn(lay.codebook_shape, generator=g).to(dtype)
         scales = (torch.rand(self.out, generator=g) + 0.5).to(dtype)

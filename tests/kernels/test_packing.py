@@ -51,12 +51,12 @@ def test_pack_rejects_bad_input():
 
 
 def test_code_bits_is_the_smallest_width_holding_k():
-    from vq_kernels.packing import code_bits
+    from vq_kernels.packing import index_bits
 
     for K in range(1, 70000, 97):
         want = next(b for b in range(1, 18) if (1 << b) >= K)  # brute force
-        assert code_bits(K) == want
-    assert [code_bits(k) for k in (1, 2, 3, 4, 5, 16, 17, 256, 257, 65536)] == [1, 1, 2, 2, 3, 4, 5, 8, 9, 16]
+        assert index_bits(K) == want
+    assert [index_bits(k) for k in (1, 2, 3, 4, 5, 16, 17, 256, 257, 65536)] == [1, 1, 2, 2, 3, 4, 5, 8, 9, 16]
 
 
 def test_layout_pack_unpack_equal_the_checked_functions():

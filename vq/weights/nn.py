@@ -45,7 +45,7 @@ class VQLinear(nn.Module):
         in_features, out_features: the dense weight is ``(out_features, in_features)``.
         d: vector length (``in_features % d == 0``).
         K: codewords per codebook; M: number of additive codebooks.
-        bits: packed code width (default ``vq_kernels.packing.code_bits(K)``).
+        bits: packed code width (default ``vq_kernels.packing.index_bits(K)``).
         tile_rows, tile_groups: codebook tiling (default: one global codebook).
         bias: whether the layer has a bias buffer.
         dtype: codebook and bias dtype; scale_dtype: scales dtype (default ``dtype``; float32 is
@@ -146,7 +146,7 @@ class VQLinear(nn.Module):
         return (
             f"in_features={lay.in_features}, out_features={lay.out_features}, d={lay.d}, M={lay.M}, "
             f"K={lay.K}, bits={lay.bits}, tiles=({lay.tile_rows}, {lay.tile_groups}), "
-            f"bits_per_weight={lay.bits_per_weight:g}, bias={self.bias is not None}"
+            f"code_bits_per_weight={lay.code_bits_per_weight:g}, bias={self.bias is not None}"
         )
 
     # -- construction ----------------------------------------------------------------------
