@@ -59,7 +59,7 @@ def list_files(root: str | Path, extensions: tuple[str, ...]) -> list[Path]:
 #: PIL modes of 8-bit colour that PIL's own conversion maps to RGB exactly
 _RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 #: PIL modes with an alpha channel (``P`` too when its palette has a transparent entry)
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")  # premultiplied "La": PIL cannot convert it, refused
 _16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
