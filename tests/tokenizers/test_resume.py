@@ -2,6 +2,11 @@
 run tensor for tensor; a damaged newest checkpoint falls back to the previous good one."""
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +116,29 @@ def test_all_checkpoints_damaged_is_an_error_naming_them(image_dir, tmp_path):
     (tmp_path / "ckpt-00000002.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match=r"no readable checkpoint in .*ckpt-00000002\.safetensors"):
         train_tokenizer(_cfg("image", image_dir, tmp_path, steps=4, checkpoint_every=2))
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_resume_equals_uninterrupted(image_dir, tmp_path):
+    """Each rank's data generator is gathered into rank 0's checkpoint and restored per rank."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "tokenizers")]), OMP_NUM_THREADS="1")
+
+    def run(out, steps):
+        with socket.socket() as s:  # a free port
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "vq.cli", "train-tokenizer", "image", "--data", str(image_dir), "--out", str(out),
+               "--steps", str(steps), "--batch-size", "2", "--crop", "32", "--checkpoint-every", "2",
+               "--model-json", json.dumps(TINY_IMAGE)]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, timeout=240, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4)
+    _, a = _read(tmp_path / "straight" / "ckpt-00000004.safetensors")
+    _, b = _read(tmp_path / "resumed" / "ckpt-00000004.safetensors")
+    assert {"rng.data.0", "rng.data.1"} <= set(a) and not torch.equal(a["rng.data.0"], a["rng.data.1"])
+    assert sorted(a) == sorted(b) and [k for k in a if not torch.equal(a[k], b[k])] == []
