@@ -8,8 +8,10 @@ scikit-image / scikit-learn used by the benchmarks.
 from __future__ import annotations
 
 import logging
+import struct
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,35 +56,85 @@ def list_files(root: str | Path, extensions: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def load_image(path: str | Path) -> Tensor:
-    """(3, H, W) float32 in [0, 1] (grey and RGBA converted to RGB)."""
-    from PIL import Image
+#: PIL modes of 8-bit colour that PIL's own conversion maps to RGB exactly
+_RGB_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+#: PIL modes with an alpha channel (``P`` too when its palette has a transparent entry)
+_ALPHA_MODES = ("LA", "PA", "RGBA", "RGBa")  # premultiplied "La": PIL cannot convert it, refused
+_16BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+def _image_array(im: Any, path: Path) -> np.ndarray:
+    """(H, W, 3) float32 in [0, 1] of an opened PIL image, by mode:
+
+    - 8-bit colour (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ...): PIL's conversion to RGB, / 255;
+    - alpha (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent colour): composited on a black
+      background, ``rgb * alpha`` (a transparent pixel's stored colour is often arbitrary);
+    - 16-bit greyscale (``I;16*``) and 32-bit integer ``I`` holding 16-bit values: / 65535,
+      repeated to 3 channels (``I`` values outside [0, 65535] are refused);
+    - 32-bit float ``F``: taken as is when finite and in [0, 1], refused otherwise.
+    """
+    mode = im.mode
+    if mode in _16BIT_MODES or mode == "I":
+        a = np.asarray(im).astype(np.float64)  # (H, W)
+        if mode == "I" and a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{path}: 32-bit integer image with values in [{a.min():.0f}, {a.max():.0f}], "
+                             "outside the 16-bit range [0, 65535] this loader scales")  # fmt: skip
+        grey = (a / 65535.0).astype(np.float32)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        grey = np.asarray(im, dtype=np.float32)
+        if not np.isfinite(grey).all() or (grey.size and (grey.min() < 0 or grey.max() > 1)):
+            raise ValueError(f"{path}: float image must hold finite values in [0, 1]")
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+        return rgba[:, :, :3] * rgba[:, :, 3:]  # on black
+    if mode in _RGB_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0  # (H, W, 3)
+    raise ValueError(f"{path}: unsupported image mode {mode!r}")
+
+
+def load_image(path: str | Path) -> Tensor:
+    """(3, H, W) float32 in [0, 1]; every PIL mode converted as :func:`_image_array` says or
+    refused. Any decoding error (truncated or corrupt file) is a ``ValueError`` naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not at the conversion
+            arr = _image_array(im, path)
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot decode image: {e}") from e
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
 
 
 def load_audio(path: str | Path, sample_rate: int) -> Tensor:
-    """Mono (T,) float32 in [-1, 1], resampled to ``sample_rate`` (polyphase) if needed."""
+    """Mono (T,) float32 in [-1, 1], resampled to ``sample_rate`` (polyphase) if needed.
+
+    ``ValueError`` naming the file for a corrupt or truncated file, no samples, non-finite
+    samples or silence (every sample zero: it would train on nothing)."""
     path = Path(path)
     if path.suffix.lower() == ".flac":
         try:
             import soundfile  # noqa: PLC0415 — optional
         except ImportError as e:
             raise ValueError(f"{path}: reading FLAC needs the soundfile package") from e
-        data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+        try:
+            data, sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+        except (RuntimeError, OSError) as e:  # soundfile.LibsndfileError is a RuntimeError
+            raise ValueError(f"{path}: cannot decode FLAC: {e}") from e
         x = data.mean(axis=1)
     else:
-        with wave.open(str(path), "rb") as w:
-            sr, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
-            raw = w.readframes(w.getnframes())
-        if width not in (1, 2, 4):
-            raise ValueError(f"{path}: unsupported sample width {width} bytes")
-        dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
-        x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
-        x = (x - 128.0) / 128.0 if width == 1 else x / float(2 ** (8 * width - 1))
-        x = x.reshape(-1, channels).mean(axis=1)  # (T,)
+        x, sr = _read_wav(path)
+    if x.size == 0:
+        raise ValueError(f"{path}: audio file holds no samples")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: audio holds non-finite samples")
+    if not np.any(x):
+        raise ValueError(f"{path}: audio is silent (every sample is zero)")
     if sr != sample_rate:
         from math import gcd
 
@@ -91,6 +143,28 @@ def load_audio(path: str | Path, sample_rate: int) -> Tensor:
         g = gcd(sr, sample_rate)
         x = resample_poly(x, sample_rate // g, sr // g).astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(T,) float32 mono samples and the sample rate of a PCM WAV; corrupt or truncated files
+    (fewer frames than the header declares) are a ``ValueError`` naming the file."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            sr, width, channels, n = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.getnframes()
+            raw = w.readframes(n)
+    except (wave.Error, EOFError, struct.error) as e:
+        raise ValueError(f"{path}: cannot decode WAV: {e or type(e).__name__}") from e
+    if width not in (1, 2, 4):
+        raise ValueError(f"{path}: unsupported sample width {width} bytes")
+    if sr <= 0 or channels <= 0:
+        raise ValueError(f"{path}: WAV header declares {sr} Hz and {channels} channels")
+    if len(raw) != n * width * channels:
+        raise ValueError(f"{path}: truncated WAV: header declares {n} frames, data holds "
+                         f"{len(raw) / (width * channels):.1f}")  # fmt: skip
+    dtype = {1: np.uint8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}[width]
+    x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
+    x = (x - 128.0) / 128.0 if width == 1 else x / float(2 ** (8 * width - 1))
+    return x.reshape(-1, channels).mean(axis=1), sr  # (T,)
 
 
 def write_wav(path: str | Path, x: Tensor | np.ndarray, sample_rate: int) -> None:

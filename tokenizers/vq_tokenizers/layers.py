@@ -272,6 +272,36 @@ class VectorQuantizer(nn.Module):
         self._init_buffer: list[Tensor] = []
         self._gen = torch.Generator().manual_seed(cfg.seed)
 
+    # -- resume state ----------------------------------------------------------------------
+    def resume_state(self) -> dict[str, Tensor]:
+        """Training state outside ``state_dict()`` that an exact resume needs, as CPU tensors:
+        the sampling generator (``gen``, uint8), the ring buffer of recent encoder outputs
+        (``recent`` (n_recent, c), ``recent_pos_filled`` int64 (2,)), the k-means init buffer
+        (``init_buffer`` (rows, c) with ``init_buffer_sizes`` int64 (batches,)) and
+        ``n_reseeded`` int64 ()."""
+        buf = self._init_buffer
+        c = self.recent.shape[1]
+        return {
+            "gen": self._gen.get_state(),
+            "recent": self.recent.detach().cpu().clone(),
+            "recent_pos_filled": torch.tensor([self._recent_pos, self._recent_filled], dtype=torch.int64),
+            "init_buffer": torch.cat(buf).detach().cpu() if buf else torch.zeros(0, c),
+            "init_buffer_sizes": torch.tensor([b.shape[0] for b in buf], dtype=torch.int64),
+            "n_reseeded": torch.tensor(self.n_reseeded, dtype=torch.int64),
+        }
+
+    def load_resume_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what :meth:`resume_state` returned (shapes checked)."""
+        if state["recent"].shape != self.recent.shape:
+            raise ValueError(f"resume state: recent buffer {tuple(state['recent'].shape)}, "
+                             f"this layer has {tuple(self.recent.shape)}")  # fmt: skip
+        self._gen.set_state(state["gen"])
+        self.recent.copy_(state["recent"])
+        self._recent_pos, self._recent_filled = (int(v) for v in state["recent_pos_filled"])
+        dev = self.recent.device
+        self._init_buffer = [b.to(dev) for b in state["init_buffer"].split(state["init_buffer_sizes"].tolist())]
+        self.n_reseeded = int(state["n_reseeded"])
+
     # -- codebook ------------------------------------------------------------------------
     def _make_codebook(self, c: int) -> None:
         init = torch.randn(self.codebook_size, c, generator=torch.Generator().manual_seed(self.config.seed))

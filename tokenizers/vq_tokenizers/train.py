@@ -7,8 +7,11 @@
 
 Every ``checkpoint_every`` steps (and at the end) rank 0 writes ``ckpt-<step>.safetensors``: the
 model and Adam tensors, with the configs, step, history and optimizer hyper-parameters as JSON
-metadata. A new run on the same ``out`` resumes from the newest checkpoint. At the end rank 0
-writes ``report.json`` (config, history, held-out metrics per number of stages kept) and PNG plots:
+metadata, plus the RNG states (torch, each rank's data generator) and the quantizer layers' state
+outside their state dicts (sampling generator, ring and init buffers). A new run on the same
+``out`` resumes from the newest readable checkpoint (a damaged newer one is skipped with a
+warning), and a single-process run killed and resumed equals an uninterrupted one tensor for
+tensor. At the end rank 0 writes ``report.json`` (config, history, held-out metrics per number of stages kept) and PNG plots:
 ``loss.png``, ``utilization.png`` (per stage over time), ``reconstructions.png`` (images) or
 ``spectrograms.png`` (audio).
 
@@ -106,7 +109,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 # -- checkpoints -------------------------------------------------------------------------------
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict) -> None:
+# Tensor names: ``model.<state dict key>``, ``optim.<param id>.<name>`` (Adam), and for an exact
+# resume ``rng.torch`` (+ ``rng.cuda``) and ``rng.data.<rank>`` (generator states, uint8) and
+# ``layer.<module name>.<key>`` (each quantizer's ``resume_state()``: state outside the state dict).
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict,
+                     resume: dict[str, Tensor]) -> None:  # fmt: skip
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -114,24 +121,32 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, m
     for pid, st in osd["state"].items():
         for name, v in st.items():
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(v).detach().contiguous().cpu()
+    tensors.update({k: v.contiguous().cpu() for k, v in resume.items()})
     meta = dict(meta, param_groups=osd["param_groups"])
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"meta": json.dumps(_jsonable(meta))})
     tmp.replace(path)
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted(out.glob("ckpt-*.safetensors"))
-    return ckpts[-1] if ckpts else None
+def _read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """(JSON metadata, every tensor) of a checkpoint; ``ValueError`` naming the file when it is
+    damaged (truncated, unreadable header, missing metadata)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["meta"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or "history" not in meta:
+            raise ValueError("metadata lacks 'step' or 'history'")
+    except (SafetensorError, OSError, KeyError, ValueError) as e:  # json errors are ValueErrors
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: damaged checkpoint: {type(e).__name__}: {e}") from e
+    return meta, tensors
 
 
-def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
-    """Load model (and optimizer) tensors in place; return the checkpoint's JSON metadata."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["meta"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+def _apply_checkpoint(meta: dict, tensors: dict[str, Tensor], model: nn.Module, opt: torch.optim.Optimizer | None) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if opt is not None:
         state: dict[int, dict[str, Tensor]] = {}
@@ -140,7 +155,70 @@ def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimiz
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Load model (and optimizer) tensors in place; return the checkpoint's JSON metadata."""
+    meta, tensors = _read_checkpoint(Path(path))
+    _apply_checkpoint(meta, tensors, model, opt)
     return meta
+
+
+def _newest_readable_checkpoint(out: Path) -> tuple[Path, dict, dict[str, Tensor]] | None:
+    """The newest checkpoint of ``out`` that reads whole; damaged newer ones are skipped with a
+    warning. None when there is none; ``ValueError`` when every one is damaged."""
+    ckpts = sorted(out.glob("ckpt-*.safetensors"), reverse=True)
+    for path in ckpts:
+        try:
+            return (path, *_read_checkpoint(path))
+        except ValueError as e:
+            log.warning("%s is damaged, falling back to the previous checkpoint (%s)", path, e)
+    if ckpts:
+        raise ValueError(f"no readable checkpoint in {out}: {', '.join(p.name for p in ckpts)} are damaged")
+    return None
+
+
+def _layers_with_resume_state(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if hasattr(m, "resume_state")]
+
+
+def _gather_state(state: Tensor, world: int, device: torch.device) -> list[Tensor]:
+    """Every rank's copy of a same-sized uint8 state tensor (collective: all ranks call it)."""
+    if world == 1:
+        return [state]
+    dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts = [torch.empty_like(state, device=dev) for _ in range(world)]
+    dist.all_gather(parts, state.to(dev))
+    return [p.cpu() for p in parts]
+
+
+def _resume_tensors(model: nn.Module, gen: torch.Generator, world: int, device: torch.device) -> dict[str, Tensor]:
+    """RNG and layer state for an exact resume (the layers' is rank 0's: it re-seeds for all)."""
+    out = {"rng.torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["rng.cuda"] = torch.cuda.get_rng_state(device)
+    for r, st in enumerate(_gather_state(gen.get_state(), world, device)):
+        out[f"rng.data.{r}"] = st
+    for name, m in _layers_with_resume_state(model):
+        out.update({f"layer.{name}.{k}": v for k, v in m.resume_state().items()})
+    return out
+
+
+def _restore_resume_tensors(path: Path, tensors: dict[str, Tensor], model: nn.Module, gen: torch.Generator,
+                            rank: int, device: torch.device) -> bool:  # fmt: skip
+    """Restore what :func:`_resume_tensors` stored; False (the caller reseeds) for a checkpoint
+    written without it (older code) or by a run with fewer ranks."""
+    if "rng.torch" not in tensors or f"rng.data.{rank}" not in tensors:
+        log.warning("%s has no RNG state for rank %d: the resumed run will not repeat an uninterrupted one", path, rank)
+        return False
+    torch.set_rng_state(tensors["rng.torch"])
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
+    gen.set_state(tensors[f"rng.data.{rank}"])
+    for name, m in _layers_with_resume_state(model):
+        prefix = f"layer.{name}."
+        m.load_resume_state({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return True
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -264,13 +342,17 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
     data = _dataset(cfg, cfg.data, model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, history = 0, []
-    ckpt = _latest_checkpoint(out)
-    if ckpt is not None:
-        meta = load_checkpoint(ckpt, model, opt)
+    gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank)  # each rank its own batches
+    found = _newest_readable_checkpoint(out)
+    if found is not None:
+        ckpt, meta, tensors = found
+        _apply_checkpoint(meta, tensors, model, opt)
         start, history = meta["step"], meta["history"]
+        if not _restore_resume_tensors(ckpt, tensors, model, gen, rank, device):
+            gen.manual_seed(cfg.seed + 7919 * rank + 104729 * start)
+        del tensors
         log.info("resumed from %s at step %d", ckpt, start)
     net = nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
-    gen = torch.Generator().manual_seed(cfg.seed + 7919 * rank + 104729 * start)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc=f"train {cfg.kind}")
     t0, seen, last_t = time.perf_counter(), 0, time.perf_counter()
     meta_base = {"config": _jsonable(cfg), "model_config": _jsonable(model.config)}
@@ -299,8 +381,11 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
             }  # fmt: skip
             history.append(h)
             bar.set_postfix(loss=f"{h['loss']:.4f}", used=f"{min(h['used_fraction']):.2f}", sps=f"{rate:.1f}")
-        if rank == 0 and (done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit):
-            _save_checkpoint(out / f"ckpt-{done:08d}.safetensors", model, opt, dict(meta_base, step=done, history=history))
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps or budget_hit:
+            resume = _resume_tensors(model, gen, world, device)  # every rank: it gathers
+            if rank == 0:
+                meta = dict(meta_base, step=done, history=history)
+                _save_checkpoint(out / f"ckpt-{done:08d}.safetensors", model, opt, meta, resume)
         if budget_hit:
             log.info("time budget of %.0f s reached at step %d", cfg.time_budget_s, done)
             break
