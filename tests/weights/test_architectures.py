@@ -200,3 +200,24 @@ def test_cli_skip_keeps_the_matching_layers_dense(tiny_model_dir, text_file, tmp
     assert not [n for n in cfg["layers"] if n.endswith(("down_proj", "k_proj"))]
     assert len(cfg["layers"]) == 2 * 5
     assert "model.layers.1.mlp.down_proj.weight" in cfg["dense"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_compresses_without_upcasting(dtype, calib_small, tmp_path):
+    """The blocks run in the model's dtype (Hessians and solvers in float32/64, one layer's weight
+    upcast at a time): the model stays in its dtype, rtn codes equal those of the float32 copy."""
+    half = compress(_model("llama", dtype), method_config("rtn", 3, group_size=32), calib_small, progress=False)
+    assert {p.dtype for p in half.model.parameters()} == {dtype}
+    full = compress(_model("llama", dtype).float(), method_config("rtn", 3, group_size=32), calib_small,
+                    progress=False)
+    assert all(torch.equal(half.layers[n].tensors[k], full.layers[n].tensors[k])
+               for n in full.layers for k in full.layers[n].tensors)
+    cfg = CompressConfig(solver=GPTVQ_TINY, batch_size=4, dense_dtype=str(dtype).removeprefix("torch."))
+    res = compress(_model("llama", dtype), cfg, calib_small, progress=False)
+    x = torch.randint(0, 256, (2, 24))
+    a = res.model(x).logits
+    assert a.dtype == dtype and bool(torch.isfinite(a).all())
+    out = F.save(tmp_path / "m", res.model, res.layers, res.config.to_dict(), dense_dtype=dtype)
+    b = F.load(out)(x).logits  # vq.load builds float32: the same weights, computed in float32
+    assert float((a.float() - b).norm() / b.norm()) < 0.02
+    assert _disk_bits(out)[0] == res.report["nbits"]
