@@ -221,3 +221,21 @@ def test_half_precision_model_compresses_without_upcasting(dtype, calib_small, t
     b = F.load(out)(x).logits  # vq.load builds float32: the same weights, computed in float32
     assert float((a.float() - b).norm() / b.norm()) < 0.02
     assert _disk_bits(out)[0] == res.report["nbits"]
+
+
+def test_vision_language_model_compresses_its_text_stack(calib_small):
+    """LLaVA with a vision tower deeper (3 blocks) than its language model (2): the stack is the
+    language model's (``get_decoder()``), the vision tower stays dense. (vq.load rebuilds with
+    AutoModelForCausalLM, which has no LLaVA class: the round trip is not tested here.)"""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    m = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=LlamaConfig(**COMMON, **ATTN),
+                                                  image_token_index=257)).eval()
+    m.requires_grad_(False)
+    assert decoder_blocks(m) is m.model.language_model.layers
+    res = compress(m, method_config("rtn", 3, group_size=32), calib_small, progress=False)
+    assert len(res.layers) == 14 and all(n.startswith("model.language_model.layers.") for n in res.layers)
+    assert not any(type(x).__name__ == "VQLinear" for x in m.model.vision_tower.modules())
