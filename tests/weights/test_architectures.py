@@ -25,14 +25,19 @@ ATTN = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key
 
 
 def _configs():
-    from transformers import (GPT2Config, Gemma2Config, LlamaConfig, MistralConfig, OPTConfig, Phi3Config,
-                              Qwen2Config, Qwen2MoeConfig)
+    from transformers import (GemmaConfig, GPT2Config, Gemma2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
+                              MixtralConfig, OPTConfig, PhiConfig, Phi3Config, Qwen2Config, Qwen2MoeConfig, Qwen3Config)
 
     return {
         "llama": LlamaConfig(**COMMON, **ATTN),
         "mistral": MistralConfig(**COMMON, **ATTN),
         "qwen2": Qwen2Config(**COMMON, **ATTN),
         "gemma2": Gemma2Config(**COMMON, **ATTN, head_dim=16),
+        "gemma": GemmaConfig(**COMMON, **ATTN, head_dim=16),
+        "qwen3": Qwen3Config(**COMMON, **ATTN, head_dim=16),
+        "phi": PhiConfig(**COMMON, **ATTN),
+        "gpt_neox": GPTNeoXConfig(**COMMON, **ATTN),
+        "mixtral": MixtralConfig(**COMMON, **ATTN, num_local_experts=4, num_experts_per_tok=2),
         "phi3": Phi3Config(**COMMON, **ATTN),  # fused qkv_proj, gate_up_proj
         "gpt2": GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                            eos_token_id=256, bos_token_id=256),  # Conv1D
@@ -92,7 +97,8 @@ def _round_trip(res, tmp_path):
     return loaded
 
 
-ARCHS = ["llama", "mistral", "qwen2", "gemma2", "phi3", "opt", "qwen2_moe", "llama_w66",
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt", "mixtral",
+         "qwen2_moe", "llama_w66",
          pytest.param("gpt2", marks=pytest.mark.xfail(
              raises=ValueError, strict=True,
              reason="vq.format.load accepts only nn.Linear at a stored layer's name (needs hf.linear_shape)"))]

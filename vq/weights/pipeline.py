@@ -450,6 +450,9 @@ def compress(
     # layers left dense or given another solver config, and matrices that are no Linear (3-D experts)
     report["notes"] = {f"{prefix}.{i}.{n}": why for i, p in plans.items() for n, why in p.notes.items()}
     report["dense_matrices"] = [f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n in other_matrices(b)]
+    if report["dense_matrices"]:
+        log.warning("%d matrices are no Linear and stay dense (e.g. %s)", len(report["dense_matrices"]),
+                    report["dense_matrices"][0])
     report["seconds"] = time.perf_counter() - t0
     report["config"] = config.to_dict()
     from vq.weights.hf_quantizer import attach  # noqa: PLC0415 — transformers is imported by then
