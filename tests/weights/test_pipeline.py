@@ -183,10 +183,13 @@ def test_config_round_trips_through_json():
         assert CompressConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
-def test_dim_must_divide_in_features_checked_up_front(calib):
-    solver = GPTVQConfig(dim=3, index_bits=4, weights_per_codebook=1024, block_cols=48)  # 64 % 3 != 0
-    with pytest.raises(ValueError, match=r"in_features=64, not a multiple of dim=3"):
-        compress(tiny_llama(), CompressConfig(solver=solver), calib, progress=False)
+def test_dim_not_dividing_in_features_falls_back_per_layer(calib):
+    """64 % 3 != 0: every layer takes d=2 with index_bits scaled to round(4·2/3)=3, reported."""
+    solver = GPTVQConfig(dim=3, index_bits=4, weights_per_codebook=1024, block_cols=48)
+    res = compress(tiny_llama(), CompressConfig(solver=solver), calib, progress=False)
+    assert {(q.layout.d, q.layout.K) for q in res.layers.values()} == {(2, 8)}
+    assert res.report["notes"]["model.layers.0.self_attn.q_proj"] == (
+        "in_features=64 is not a multiple of dim=3: dim=2, index_bits=3")
 
 
 def test_resume_from_a_corrupted_checkpoint(calib, tmp_path):

@@ -82,6 +82,9 @@ def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
     p.add_argument("--block-cols", type=int, default=None,
                    help="gptvq: input columns per codebook tile (rows per tile = weights per codebook / this)")
     p.add_argument("--act-order", action="store_true", help="gptq: visit columns by decreasing diag(H)")
+    p.add_argument("--skip", action="append", default=[], metavar="PATTERN",
+                   help="keep layers matching this fnmatch pattern (name within the block, e.g. 'mlp.down_proj') "
+                        "dense; repeatable, added to the default routers/gates ('*.gate', '*_gate')")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -123,9 +126,10 @@ def _solver_config(args: argparse.Namespace):
 def _compress_to(args: argparse.Namespace, model_spec: str, out: Path, model=None, tokenizer=None):
     """Shared by compress and demo: returns (CompressedModel, seconds)."""
     from vq.weights import data, format, hf
-    from vq.weights.pipeline import CompressConfig, compress
+    from vq.weights.pipeline import DEFAULT_SKIP, CompressConfig, compress
 
-    config = CompressConfig(solver=_solver_config(args), seed=args.seed)  # validates before loading
+    config = CompressConfig(solver=_solver_config(args), seed=args.seed,  # validates before loading
+                            skip=DEFAULT_SKIP + tuple(args.skip))
     tokenizer = tokenizer or hf.load_tokenizer(model_spec)
     calib = data.calibration_windows(tokenizer, args.calib_text, n=args.calib_windows)
     t0 = time.perf_counter()

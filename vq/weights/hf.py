@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -21,6 +21,10 @@ __all__ = [
     "load_tokenizer",
     "decoder_blocks",
     "block_linears",
+    "is_linear",
+    "linear_shape",
+    "linear_weight",
+    "other_matrices",
     "set_module",
 ]
 
@@ -105,24 +109,85 @@ def load_tokenizer(model: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(folder), **kwargs)
 
 
+def _search_root(model: nn.Module) -> nn.Module:
+    """Where the decoder-block stack is looked for: the text decoder when the model names one
+    (transformers' ``get_decoder()``: ``model.model`` for Llama, the language model of a
+    vision-language model), else the whole model."""
+    get = getattr(model, "get_decoder", None)
+    if callable(get):
+        try:
+            dec = get()
+        except (AttributeError, NotImplementedError, TypeError):
+            dec = None
+        if isinstance(dec, nn.Module) and dec is not model:
+            return dec
+    return model
+
+
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of decoder blocks (``model.model.layers`` for Llama-style models)."""
-    for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise ValueError(
-        f"{type(model).__name__} has no decoder-block stack (looked for model.layers, transformer.h, ...)"
-    )
+    """The stack of decoder blocks, found by structure rather than by module names.
+
+    Rule: under :func:`_search_root` (the text decoder for vision-language models, whose vision
+    tower may be deeper than the language model), the longest ``nn.ModuleList`` whose children
+    all have one class and that is not nested in another such list (experts inside a block are
+    not the stack); a tie goes to the first in module order. ``model.model.layers`` for
+    Llama / Mistral / Qwen2 / Gemma / Phi-3, ``transformer.h`` for GPT-2, ``model.decoder.layers``
+    for OPT, ``gpt_neox.layers`` for GPT-NeoX.
+    """
+    best: nn.ModuleList | None = None
+    outer: list[str] = []  # stacks found so far: a list nested in one (e.g. experts) is not a candidate
+    for name, mod in _search_root(model).named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and len({type(b) for b in mod}) == 1:
+            if any(name.startswith(o + ".") for o in outer):
+                continue
+            outer.append(name)
+            if best is None or len(mod) > len(best):
+                best = mod
+    if best is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decoder-block stack (no nn.ModuleList of same-class blocks under "
+            f"{type(_search_root(model)).__name__})"
+        )
+    return best
 
 
-def block_linears(block: nn.Module) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` layers of one block, by qualified name, in module order."""
-    return {name: mod for name, mod in block.named_modules() if isinstance(mod, nn.Linear)}
+def is_linear(mod: nn.Module) -> bool:
+    """``nn.Linear`` or transformers' ``Conv1D`` (GPT-2: a Linear whose weight is stored (in, out))."""
+    return isinstance(mod, nn.Linear) or _is_conv1d(mod)
+
+
+def _is_conv1d(mod: nn.Module) -> bool:
+    if type(mod).__name__ != "Conv1D":
+        return False
+    from transformers.pytorch_utils import Conv1D  # noqa: PLC0415 — transformers is loaded by then
+
+    return isinstance(mod, Conv1D)
+
+
+def linear_shape(mod: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear-like layer."""
+    if _is_conv1d(mod):
+        n_in, n_out = mod.weight.shape
+        return n_out, n_in
+    return mod.out_features, mod.in_features
+
+
+def linear_weight(mod: nn.Module) -> Tensor:
+    """The layer's weight as a Linear's (out, in), in its own dtype (a view for Conv1D)."""
+    return mod.weight.T if _is_conv1d(mod) else mod.weight
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Module]:
+    """The Linear-like layers (:func:`is_linear`) of one block, by qualified name, in module order
+    (the order per-layer seeds follow: Llama's is q, k, v, o, gate, up, down as before)."""
+    return {name: mod for name, mod in block.named_modules() if is_linear(mod)}
+
+
+def other_matrices(block: nn.Module) -> list[str]:
+    """Parameters of ≥ 2 dimensions outside the Linear-like layers (e.g. mixture-of-experts weights
+    stored as 3-D tensors): they stay dense."""
+    inside = {f"{n}." for n in block_linears(block)}
+    return [n for n, p in block.named_parameters() if p.dim() >= 2 and not n.startswith(tuple(inside))]
 
 
 def set_module(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -16,6 +16,8 @@ result equals an uninterrupted run bit for bit.
 """
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
 import hashlib
 import json
 import logging
@@ -33,11 +35,12 @@ from vq.weights.format import QuantizedWeight, bits_report, read_json, read_tens
 from vq.weights.gptq import GPTQConfig, gptq_quantize
 from vq.weights.gptvq import GPTVQConfig, gptvq_quantize
 from vq.weights.hessian import Hessian
-from vq.weights.hf import block_linears, decoder_blocks, set_module
+from vq.weights.hf import block_linears, decoder_blocks, linear_shape, linear_weight, other_matrices, set_module
 from vq.weights.rtn import RTNConfig, rtn_quantize
 
 __all__ = [
     "METHODS",
+    "DEFAULT_SKIP",
     "CompressConfig",
     "CompressedModel",
     "compress",
@@ -63,6 +66,9 @@ METHODS: dict[str, _Method] = {
     "gptq": _Method(GPTQConfig, lambda W, H, c, seed: gptq_quantize(W, H, c)),
     "gptvq": _Method(GPTVQConfig, lambda W, H, c, seed: gptvq_quantize(W, H, c, seed=seed)),
 }
+
+#: routers and gates (see CompressConfig.skip)
+DEFAULT_SKIP: tuple[str, ...] = ("*.gate", "*_gate")
 
 _DENSE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -105,12 +111,19 @@ class CompressConfig:
     batch_size: calibration windows per block forward. seed: base seed of every random choice.
     dense_dtype: storage dtype of the tensors left dense (embeddings, norms, biases); the
     compressed model in memory uses the same rounded values so it equals the one on disk.
+    skip: fnmatch patterns on a layer's name within its block (``mlp.gate``, ``self_attn.q_proj``);
+    a matching layer stays dense. The default names routers and gates (Mixtral's ``mlp.gate``,
+    Qwen2-MoE's ``mlp.gate`` and ``mlp.shared_expert_gate``; ``gate_proj`` does not match).
+    min_out_features: a layer with fewer outputs stays dense too (a 1-output gate or an 8-expert
+    router: tiny, and its few outputs steer the whole block).
     """
 
     solver: Any = field(default_factory=lambda: method_config("gptvq", 2))
     batch_size: int = 8
     seed: int = 0
     dense_dtype: str = "float16"
+    skip: tuple[str, ...] = DEFAULT_SKIP
+    min_out_features: int = 16
 
     def __post_init__(self) -> None:
         _method_of(self.solver)
@@ -118,6 +131,20 @@ class CompressConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.dense_dtype not in _DENSE_DTYPES:
             raise ValueError(f"dense_dtype must be one of {sorted(_DENSE_DTYPES)}, got {self.dense_dtype!r}")
+        if isinstance(self.skip, str) or not all(isinstance(p, str) and p for p in self.skip):
+            raise ValueError(f"skip must be a sequence of non-empty fnmatch patterns, got {self.skip!r}")
+        object.__setattr__(self, "skip", tuple(self.skip))
+        if self.min_out_features < 0:
+            raise ValueError(f"min_out_features must be >= 0, got {self.min_out_features}")
+
+    def skip_reason(self, name: str, out_features: int) -> str | None:
+        """Why the layer ``name`` (within its block) stays dense, or None."""
+        for pattern in self.skip:
+            if fnmatch.fnmatchcase(name, pattern):
+                return f"skip pattern {pattern!r}"
+        if out_features < self.min_out_features:
+            return f"{out_features} outputs < min_out_features={self.min_out_features}"
+        return None
 
     @property
     def method(self) -> str:
@@ -129,7 +156,8 @@ class CompressConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "solver": self.solver.to_dict(), "batch_size": self.batch_size,
-                "seed": self.seed, "dense_dtype": self.dense_dtype}
+                "seed": self.seed, "dense_dtype": self.dense_dtype, "skip": list(self.skip),
+                "min_out_features": self.min_out_features}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CompressConfig":
@@ -138,6 +166,8 @@ class CompressConfig:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r} in config; known: {sorted(METHODS)}")
         solver = METHODS[method].config_cls.from_dict(d.pop("solver", {}))
+        if "skip" in d:
+            d["skip"] = tuple(d["skip"])
         return cls(solver=solver, **d)
 
 
@@ -184,10 +214,12 @@ def block_inputs(model: nn.Module, calib: Tensor, batch_size: int) -> tuple[Tens
 
 
 def run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: int, what: str) -> Tensor:
-    """The block's outputs (n, L, hidden) float32 for inputs x, in batches; NaN/Inf raise."""
+    """The block's outputs (n, L, hidden) float32 for inputs x (fed in the block's own dtype, e.g.
+    bfloat16), in batches; NaN/Inf raise."""
+    dtype = next((p.dtype for p in block.parameters() if p.dtype.is_floating_point), x.dtype)
     outs = []
     for s in range(0, len(x), batch_size):
-        y = block(x[s : s + batch_size], **kwargs)
+        y = block(x[s : s + batch_size].to(dtype), **kwargs)
         y = y[0] if isinstance(y, tuple) else y
         outs.append(y.float())
     y = torch.cat(outs)
@@ -197,13 +229,13 @@ def run_block(block: nn.Module, x: Tensor, kwargs: dict[str, Any], batch_size: i
 
 
 @torch.no_grad()
-def block_hessians(block: nn.Module, linears: dict[str, nn.Linear], x: Tensor, kwargs: dict[str, Any],
+def block_hessians(block: nn.Module, linears: dict[str, nn.Module], x: Tensor, kwargs: dict[str, Any],
                     batch_size: int, prefix: str) -> dict[str, Hessian]:
     """One forward of the block's inputs; Linears fed the very same tensor share one Hessian."""
     hess: dict[str, Hessian] = {}
     last: dict[str, Any] = {"x": None, "h": None}
 
-    def hook_for(name: str, mod: nn.Linear):
+    def hook_for(name: str, mod: nn.Module):
         def hook(_m, args, _out):
             inp = args[0]
             if inp is last["x"]:  # same input tensor as the previous Linear: share its Hessian
@@ -211,7 +243,7 @@ def block_hessians(block: nn.Module, linears: dict[str, nn.Linear], x: Tensor, k
                 return
             h = hess.get(name)
             if h is None:
-                h = hess[name] = Hessian(mod.in_features, name=f"{prefix}.{name}")
+                h = hess[name] = Hessian(linear_shape(mod)[1], name=f"{prefix}.{name}")
             h.add_batch(inp)
             last["x"], last["h"] = inp, h
 
@@ -267,20 +299,58 @@ def _layer_seed(seed: int, block: int, j: int) -> int:
     return (seed * 1_000_003 + block * 1_009 + j) % (2**31)
 
 
-def _check_model(model: nn.Module, solver: Any) -> tuple[nn.ModuleList, dict[int, dict[str, nn.Linear]]]:
+def layer_solver(solver: Any, in_features: int) -> tuple[Any, str | None]:
+    """The solver config for a layer of ``in_features`` inputs, and why it differs from ``solver``.
+
+    A vector length ``dim`` that does not divide ``in_features`` falls back to the largest
+    ``d' <= dim`` that does, with ``index_bits`` scaled by ``d'/dim`` (rounded, >= 1) so the code
+    bits per weight stay about the same (d=3, 9 bits -> d=2, 6 bits; d=4, 8 bits -> d=3, 6 bits).
+    rtn / gptq take any width (the last group is shorter) and are returned as they are.
+    """
+    dim = getattr(solver, "dim", None)
+    if dim is None or in_features % dim == 0:
+        return solver, None
+    d = max(c for c in range(1, dim + 1) if in_features % c == 0)
+    index_bits = max(1, round(solver.index_bits * d / dim))
+    return (dataclasses.replace(solver, dim=d, index_bits=index_bits),
+            f"in_features={in_features} is not a multiple of dim={dim}: dim={d}, index_bits={index_bits}")
+
+
+@dataclass
+class _Plan:
+    """What happens to each Linear-like layer of a block: its solver config, or None (dense)."""
+
+    linears: dict[str, nn.Module]
+    solvers: dict[str, Any]
+    notes: dict[str, str]  # layer name -> why it stays dense / why its solver config differs
+
+
+def _check_model(model: nn.Module, config: CompressConfig) -> tuple[nn.ModuleList, dict[int, _Plan]]:
     """Every check that needs no calibration, before any heavy work."""
     blocks = decoder_blocks(model)
-    linears = {i: block_linears(b) for i, b in enumerate(blocks)}
-    if not any(linears.values()):
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layers in its decoder blocks; nothing to compress")
-    dim = getattr(solver, "dim", 1)
-    for i, ls in linears.items():
-        for name, mod in ls.items():
+    plans: dict[int, _Plan] = {}
+    for i, block in enumerate(blocks):
+        linears = block_linears(block)
+        if not linears:
+            raise ValueError(
+                f"{type(model).__name__} has no nn.Linear layers in its decoder blocks; nothing to compress "
+                f"(block {i} is {type(block).__name__})")
+        solvers, notes = {}, {}
+        for name, mod in linears.items():
+            out_f, in_f = linear_shape(mod)
             if not bool(torch.isfinite(mod.weight).all()):
                 raise ValueError(f"weights of layer {i}.{name} contain NaN or Inf")
-            if mod.in_features % dim:
-                raise ValueError(f"layer {i}.{name} has in_features={mod.in_features}, not a multiple of dim={dim}")
-    return blocks, linears
+            reason = config.skip_reason(name, out_f)
+            if reason is not None:
+                notes[name] = f"dense: {reason}"
+                continue
+            solvers[name], note = layer_solver(config.solver, in_f)
+            if note is not None:
+                notes[name] = note
+        if not solvers:
+            raise ValueError(f"every Linear of block {i} ({type(block).__name__}) is skipped; nothing to compress")
+        plans[i] = _Plan(linears, solvers, notes)
+    return blocks, plans
 
 
 @torch.no_grad()
@@ -309,7 +379,7 @@ def compress(
         raise ValueError("calib must be a non-empty (n, seq_len) int64 tensor of token windows")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
-    blocks, linears = _check_model(model, config.solver)
+    blocks, plans = _check_model(model, config)
     method = METHODS[config.method]
     t0 = time.perf_counter()
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -347,13 +417,18 @@ def compress(
                initial=start, total=len(blocks))
     for i in bar:
         block = blocks[i]
-        hess = (block_hessians(block, linears[i], x, kwargs, config.batch_size, f"{prefix}.{i}")
+        plan = plans[i]
+        todo = {n: m for n, m in plan.linears.items() if n in plan.solvers}
+        hess = (block_hessians(block, todo, x, kwargs, config.batch_size, f"{prefix}.{i}")
                 if method.needs_hessian else {})
         done: dict[str, QuantizedWeight] = {}
-        for j, (name, mod) in enumerate(tqdm(linears[i].items(), desc=f"block {i}", unit="layer",
+        for j, (name, mod) in enumerate(tqdm(plan.linears.items(), desc=f"block {i}", unit="layer",
                                               leave=False, disable=not progress)):
+            if name not in plan.solvers:
+                continue  # stays dense; j still counts it, so the other layers' seeds do not move
             H = hess[name].H.cpu() if name in hess else None
-            qw = method.solve(mod.weight.float().cpu(), H, config.solver, _layer_seed(config.seed, i, j))
+            W = linear_weight(mod).float().cpu()  # (out, in), upcast one layer at a time
+            qw = method.solve(W, H, plan.solvers[name], _layer_seed(config.seed, i, j))
             done[name] = qw
             _set_dense(block, name, qw)
         del hess
@@ -366,11 +441,18 @@ def compress(
                                            "n_blocks": len(blocks), "config": config.to_dict()})
     _round_dense(model, config.torch_dense_dtype)
     for i, block in enumerate(blocks):
-        for name, mod in linears[i].items():
+        for name in plans[i].solvers:
+            mod = plans[i].linears[name]
             qw = layers[f"{i}.{name}"]
             set_module(block, name, qw.to_module(mod.bias).to(device))
     full = {f"{prefix}.{k}": v for k, v in layers.items()}
     report = bits_report(full)
+    # layers left dense or given another solver config, and matrices that are no Linear (3-D experts)
+    report["notes"] = {f"{prefix}.{i}.{n}": why for i, p in plans.items() for n, why in p.notes.items()}
+    report["dense_matrices"] = [f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n in other_matrices(b)]
+    if report["dense_matrices"]:
+        log.warning("%d matrices are no Linear and stay dense (e.g. %s)", len(report["dense_matrices"]),
+                    report["dense_matrices"][0])
     report["seconds"] = time.perf_counter() - t0
     report["config"] = config.to_dict()
     from vq.weights.hf_quantizer import attach  # noqa: PLC0415 — transformers is imported by then
@@ -388,8 +470,8 @@ def _blocks_prefix(model: nn.Module, blocks: nn.ModuleList) -> str:
 
 def _set_dense(block: nn.Module, name: str, qw: QuantizedWeight) -> None:
     """Put the decoded weight into the (still dense) Linear, for the following forwards."""
-    mod = block.get_submodule(name)
-    mod.weight.copy_(qw.dense().to(mod.weight.dtype))
+    weight = linear_weight(block.get_submodule(name))  # a transposed view for Conv1D
+    weight.copy_(qw.dense().to(weight.dtype))
 
 
 def _round_dense(model: nn.Module, dtype: torch.dtype) -> None:
