@@ -27,7 +27,14 @@ __all__ = [
     "check_codes",
     "check_int_tensor",
     "MAX_ABS_VALUE",
+    "InputError",
 ]
+
+
+class InputError(ValueError):
+    """The content of an input file or data set is wrong (not a parameter): the message names the
+    file. The ``vq`` command line exits with its input-error code for it (see ``vq.cli``)."""
+
 
 #: Largest magnitude accepted in vectors to quantize. Squared distances are computed in float32
 #: (faiss, the native kernel, the torch path): with |x|, |c| <= 1e15 every term of
