@@ -40,6 +40,10 @@ CASES = {
     "kmeans++-1e18": ("kmeans_plusplus(torch.randn(100, 4) * 1e18, 4)", "at most 1e+15"),
     "native-nearest-zero-width": ("_native.nearest(torch.zeros(5, 0), torch.zeros(3, 0))", "d >= 1"),
     "native-kd-order-zero-width": ("_native.kd_order(torch.zeros(5, 0))", "d >= 1"),
+    "fit-weights-overflow": ("KMeans(4).fit(torch.randn(400, 4) * 1e14, weights=torch.full((400, 4), 1e30))",
+                             "overflow float32 weighted distances"),
+    "fit-weights-overflow-rows": ("KMeans(4).fit(torch.randn(400, 4) * 1e14, weights=torch.full((400,), 1e30))",
+                                  "rescale the weights"),
     "layer-init-5e18": ("VectorQuantizer(8, 16).train()(torch.randn(4, 256, 8) * 5e18)", "at most 1e+15"),
 }
 if faiss is not None:
@@ -101,6 +105,14 @@ def test_values_at_the_bound_give_valid_codes(backend):
     assert bool(torch.isfinite(dist).all())
     # the fitted codebook is better than one centroid at the mean
     assert km.inertia < float(((x - x.mean(0)) ** 2).sum(dtype=torch.float64))
+
+
+def test_moderate_weights_still_fit():
+    """Hessian-like weights (1e6) on unit-scale data are far from the weighted-distance bound."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 4, generator=g)
+    km = KMeans(4, niter=3, backend="torch").fit(x, weights=torch.rand(500, 4, generator=g) * 1e6)
+    assert bool(torch.isfinite(km.centroids).all()) and km.inertia < float("inf")
 
 
 def test_bound_is_inclusive_and_message_names_the_argument():

@@ -42,6 +42,9 @@ class InputError(ValueError):
 #: (float32 max 3.4e38). Past about 1e18 they overflow to inf, the argmin has no winner and faiss
 #: aborts the process (an uncaught C++ exception), so such data is refused, not clipped.
 MAX_ABS_VALUE = 1e15
+#: bound on d * max(weights) * (2 max |x|)^2 (:func:`check_weights`): a sixteenth of float32's
+#: largest value, room for the expanded form w c^2 - 2 w x c and for sums over rows
+_WEIGHTED_LIMIT = float(torch.finfo(torch.float32).max) / 16
 
 
 def require_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -152,7 +155,8 @@ def check_channel_last(x: Any, dim: int, name: str = "x") -> Tensor:
 
 
 def check_weights(weights: Any, x: Tensor, name: str = "weights") -> Tensor | None:
-    """Validate importance weights for ``x`` (n, d): shape (n,) or (n, d), finite, >= 0, not all 0.
+    """Validate importance weights for ``x`` (n, d): shape (n,) or (n, d), finite, >= 0, not all 0,
+    and small enough that weighted squared distances stay finite in float32.
 
     Returns ``None`` when ``weights`` is ``None``, else a tensor of ``x``'s dtype and device.
     """
@@ -170,6 +174,13 @@ def check_weights(weights: Any, x: Tensor, name: str = "weights") -> Tensor | No
         raise ValueError(f"{name} must be non-negative")
     if not bool((weights > 0).any()):
         raise ValueError(f"{name} are all zero")
+    # weighted squared distances, sum_j w_ij (x_ij - c_j)^2 <= d * max w * (2 max |x|)^2, are float32
+    w_max, x_max = float(weights.max()), float(x.detach().abs().max())
+    if w_max * (2.0 * x_max) ** 2 * d > _WEIGHTED_LIMIT:
+        raise ValueError(
+            f"{name} up to {w_max:.3g} with |x| up to {x_max:.3g} (d = {d}) overflow float32 weighted distances; "
+            "rescale the weights (k-means' result does not change when all weights are scaled by one factor)"
+        )
     return weights
 
 
