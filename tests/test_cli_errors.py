@@ -145,3 +145,21 @@ def test_group_bits_match_the_stored_tensors():
     for bits, group in ((2, 8), (4, 1), (3, 32)):
         q = rtn_quantize(torch.randn(16, 64), RTNConfig(bits=bits, group_size=group))
         assert q.bits_per_weight() == pytest.approx(check_group_size(bits, group))
+
+
+def test_perplexity_needs_at_least_one_window():
+    """Zero windows was a ZeroDivisionError; uniform logits over V classes give perplexity V."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vq.weights.data import perplexity
+
+    class Uniform(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 7))  # (b, L, vocab)
+
+    win = torch.randint(0, 7, (3, 16))
+    assert perplexity(Uniform(), win, progress=False) == (pytest.approx(7.0), 3 * 15)
+    with pytest.raises(ValueError, match=r"n >= 1"):
+        perplexity(Uniform(), win[:0], progress=False)
