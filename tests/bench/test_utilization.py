@@ -126,18 +126,18 @@ def arrays(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--data", "{d}/missing.npy"], "missing.npy does not exist"),
-    (["--data", "{d}/r1.npy"], "rank-2"),
-    (["--data", "{d}/nan.npy"], "NaN"),
-    (["--data", "{d}/ok.npy", "--quantizers", "kmeans,nope"], "unknown quantizer 'nope'"),
-    (["--data", "{d}/ok.npy", "--quantizers", "kmeans", "--sizes", "1024"], "kmeans cannot take K=1024"),
-    (["--data", "{d}/ok.npy", "--sizes", "16,x"], "not a positive integer"),
+@pytest.mark.parametrize("args,msg,code", [  # code: vq.cli's exit code (3 a missing file, 2 a bad value)
+    (["--data", "{d}/missing.npy"], "missing.npy does not exist", 3),
+    (["--data", "{d}/r1.npy"], "rank-2", 2),
+    (["--data", "{d}/nan.npy"], "NaN", 2),
+    (["--data", "{d}/ok.npy", "--quantizers", "kmeans,nope"], "unknown quantizer 'nope'", 2),
+    (["--data", "{d}/ok.npy", "--quantizers", "kmeans", "--sizes", "1024"], "kmeans cannot take K=1024", 2),
+    (["--data", "{d}/ok.npy", "--sizes", "16,x"], "not a positive integer", 2),
 ])
-def test_cli_errors(arrays, capsys, args, msg):
+def test_cli_errors(arrays, capsys, args, msg, code):
     out = arrays / "out"
     rc, cap = _cli(capsys, *[a.format(d=arrays) for a in args], "--out", str(out), "--peers", "none")
-    assert rc == 1 and msg in cap.err and "Traceback" not in cap.err
+    assert rc == code and msg in cap.err and "Traceback" not in cap.err
     assert not out.exists()  # nothing written on a refused run
 
 
@@ -153,14 +153,14 @@ def test_cli_end_to_end_and_out_dir_safety(arrays, capsys):
     assert res["command"][:3] == ["vq", "bench", "utilization"] and len(res["runs"]) == 4
     (out / "mine.txt").write_text("keep")
     rc, cap = _cli(capsys, *common)
-    assert rc == 1 and "not empty" in cap.err
+    assert rc == 2 and "not empty" in cap.err
     rc, cap = _cli(capsys, *common, "--overwrite")
     assert rc == 0 and (out / "mine.txt").read_text() == "keep"  # only its own files replaced
     foreign = arrays / "foreign"
     foreign.mkdir()
     (foreign / "data.txt").write_text("precious")
     rc, cap = _cli(capsys, *common[:-1], str(foreign), "--overwrite")
-    assert rc == 1 and "not created by `vq bench`" in cap.err
+    assert rc == 2 and "not created by `vq bench`" in cap.err
     assert sorted(p.name for p in foreign.iterdir()) == ["data.txt"]
 
 

@@ -155,6 +155,6 @@ def test_cli_stages_flag_and_deprecated_levels_alias(audio_dir, tmp_path, caplog
     assert "--levels is deprecated: use --stages" in caplog.text
     report = json.loads((tmp_path / "old" / "report.json").read_text())
     assert report["model_config"]["quantizer"]["stages"] == 2 and [r["stages"] for r in report["train_eval"]] == [1, 2]
-    assert vq_main([*base, "--out", str(tmp_path / "both"), "--stages", "3", "--levels", "2"]) == 1
+    assert vq_main([*base, "--out", str(tmp_path / "both"), "--stages", "3", "--levels", "2"]) == 2
     assert "--stages 3 and the deprecated --levels 2 disagree" in capsys.readouterr().err
     assert not (tmp_path / "both").exists()

@@ -49,16 +49,16 @@ def test_generate(compressed, capsys):
 
 
 def test_unknown_method(tiny_model_dir, tmp_path, capsys):
-    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--method", "awq"]) == 1
+    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--method", "awq"]) == 2
     assert "unknown method 'awq'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_group_size_is_not_gptvqs_weights_per_codebook(tiny_model_dir, tmp_path, capsys):
     argv = ["compress", str(tiny_model_dir), "--out", str(tmp_path / "x")]
-    assert main([*argv, "--method", "gptvq", "--group-size", "1024"]) == 1
+    assert main([*argv, "--method", "gptvq", "--group-size", "1024"]) == 2
     assert "for gptvq use --weights-per-codebook" in capsys.readouterr().err
-    assert main([*argv, "--method", "rtn", "--weights-per-codebook", "1024"]) == 1
+    assert main([*argv, "--method", "rtn", "--weights-per-codebook", "1024"]) == 2
     assert "apply to --method gptvq only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -66,9 +66,9 @@ def test_group_size_is_not_gptvqs_weights_per_codebook(tiny_model_dir, tmp_path,
 def test_text_shorter_than_one_window(tiny_model_dir, tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    assert main(["eval", str(tiny_model_dir), "--text", str(short)]) == 1
+    assert main(["eval", str(tiny_model_dir), "--text", str(short)]) == 3  # input too short
     assert "shorter than one 512-token window" in capsys.readouterr().err
-    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "y"), "--text", str(short), *SMALL]) == 1
+    assert main(["compress", str(tiny_model_dir), "--out", str(tmp_path / "y"), "--text", str(short), *SMALL]) == 3
     assert "shorter than one 512-token window" in capsys.readouterr().err
 
 
@@ -79,12 +79,12 @@ def test_truncated_model_file(compressed, tmp_path, capsys):
     shutil.copytree(compressed, bad)
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[:1000])
-    assert main(["generate", str(bad), "hi"]) == 1
+    assert main(["generate", str(bad), "hi"]) == 2  # format.py's ValueError (not yet InputError)
     assert "corrupted or truncated" in capsys.readouterr().err
 
 
 def test_missing_model(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nothing")]) == 1
+    assert main(["eval", str(tmp_path / "nothing")]) == 3
     assert "not found" in capsys.readouterr().err
 
 
@@ -107,7 +107,7 @@ def test_resume_continues_a_killed_run(tiny_model_dir, text_file, tmp_path, comp
 
     pipeline._save_block = die_after_first
     try:
-        assert main(args) == 1
+        assert main(args) == 4  # RuntimeError
     finally:
         pipeline._save_block = real
     assert (tmp_path / "r.partial" / "state.json").exists() and not out.exists()

@@ -43,9 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from vq_tokenizers.train import TrainConfig, train_tokenizer
 
-    model = json.loads(args.model_json)
+    try:
+        model = json.loads(args.model_json)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--model-json is not valid JSON ({e}): {args.model_json!r}") from None
     if not isinstance(model, dict):
-        raise ValueError("--model-json must be a JSON object")
+        raise ValueError(f"--model-json must be a JSON object, got {args.model_json!r}")
     quant = dict(model.get("quantizer", {}))
     stages = args.stages
     if args.deprecated_levels is not None:

@@ -28,7 +28,10 @@ _SRC = Path(__file__).parent / "csrc" / "nearest.c"
 _FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fPIC", "-shared", "-std=c99", "-fopenmp-simd"]
 _MIN_ROWS_PER_THREAD = 2048
 _VL = 16  # vector width of csrc/nearest.c (VL)
-_PAD_NORM = 1e30
+#: "norm" of the padding centroids: float32's largest value, so a padding column loses to every
+#: real centroid whose distance is finite (with 1e30, data near vq.codebook.checks.MAX_ABS_VALUE
+#: had real distances above the padding's and got codes >= k)
+_PAD_NORM = float(torch.finfo(torch.float32).max)
 _KPP_BLOCK = _VL * _VL  # rows per block of 16 leaves in csrc/nearest.c (KPP_BLOCK)
 
 
@@ -57,6 +60,14 @@ def available() -> bool:
     return _load() is not None
 
 
+def _require_2d(x: Tensor, name: str) -> None:
+    """The C kernels index rows of width d and divide by both: an empty or zero-width input would
+    crash the process (SIGFPE), so it is refused here. Callers validate values
+    (:func:`vq.codebook.checks.check_vectors`) before the kernels see them."""
+    if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty (n, d) tensor with d >= 1, got shape {tuple(x.shape)}")
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -70,6 +81,10 @@ def nearest(x: Tensor, c: Tensor, w: Tensor | None = None) -> tuple[Tensor, Tens
     lib = _load()
     if lib is None or x.device.type != "cpu":
         return None
+    _require_2d(x, "x")
+    _require_2d(c, "centroids")
+    if c.shape[1] != x.shape[1]:
+        raise ValueError(f"centroids have dimension {c.shape[1]}, x has {x.shape[1]}")
     x = x.float().contiguous()
     w = None if w is None else w.float().contiguous()
     n, d = x.shape
@@ -109,6 +124,7 @@ def kd_order(x: Tensor) -> Tensor | None:
     lib = _load()
     if lib is None:
         return None
+    _require_2d(x, "x")
     x = x.detach().float().cpu().contiguous()
     order = torch.arange(x.shape[0], dtype=torch.int64)
     lib.vq_kd_order(x.data_ptr(), x.shape[0], x.shape[1], order.data_ptr())
@@ -145,7 +161,10 @@ class NativeD2:
     def create(cls, x: Tensor, w_coord: Tensor | None, w_mass: Tensor | None) -> "NativeD2 | None":
         """The C seeder for CPU tensors, or ``None`` when the kernel is unavailable."""
         lib = _load()
-        return None if lib is None or x.device.type != "cpu" else cls(lib, x, w_coord, w_mass)
+        if lib is None or x.device.type != "cpu":
+            return None
+        _require_2d(x, "x")
+        return cls(lib, x, w_coord, w_mass)
 
     def seed(self, first: int, u: Tensor) -> Tensor:
         """k-means++ picks (k,) int64 row indices of ``x``, starting at row ``first``; step

@@ -26,7 +26,25 @@ __all__ = [
     "check_weights",
     "check_codes",
     "check_int_tensor",
+    "MAX_ABS_VALUE",
+    "InputError",
 ]
+
+
+class InputError(ValueError):
+    """The content of an input file or data set is wrong (not a parameter): the message names the
+    file. The ``vq`` command line exits with its input-error code for it (see ``vq.cli``)."""
+
+
+#: Largest magnitude accepted in vectors to quantize. Squared distances are computed in float32
+#: (faiss, the native kernel, the torch path): with |x|, |c| <= 1e15 every term of
+#: sum_j (x_j - c_j)^2 stays under 4e30, so sums over d < 8e7 coordinates stay finite
+#: (float32 max 3.4e38). Past about 1e18 they overflow to inf, the argmin has no winner and faiss
+#: aborts the process (an uncaught C++ exception), so such data is refused, not clipped.
+MAX_ABS_VALUE = 1e15
+#: bound on d * max(weights) * (2 max |x|)^2 (:func:`check_weights`): a sixteenth of float32's
+#: largest value, room for the expanded form w c^2 - 2 w x c and for sums over rows
+_WEIGHTED_LIMIT = float(torch.finfo(torch.float32).max) / 16
 
 
 def require_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
@@ -90,10 +108,26 @@ def _require_float_tensor(x: Any, name: str) -> Tensor:
     return x
 
 
+def _check_values(x: Tensor, name: str, hint: str = "") -> None:
+    """Finite and at most :data:`MAX_ABS_VALUE` in magnitude (one min/max pass; NaN propagates)."""
+    if x.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if -MAX_ABS_VALUE <= lo and hi <= MAX_ABS_VALUE:
+        return
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf{hint}")
+    raise ValueError(
+        f"{name} has values of magnitude up to {max(-lo, hi):.3g}; at most {MAX_ABS_VALUE:g} is supported "
+        "(squared distances are computed in float32), so rescale the data"
+    )
+
+
 def check_vectors(x: Any, dim: int | None = None, name: str = "x") -> Tensor:
     """Validate a batch of vectors (n, d) and return it as a float tensor (float64 kept, else
     float32). ``TypeError`` for non-tensors / non-float dtypes; ``ValueError`` for wrong rank,
-    wrong last dimension, empty input or non-finite values."""
+    wrong last dimension, empty input (no rows or zero width), non-finite values or values
+    beyond :data:`MAX_ABS_VALUE` in magnitude."""
     x = _require_float_tensor(x, name)
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (n, d), got shape {tuple(x.shape)}")
@@ -101,13 +135,13 @@ def check_vectors(x: Any, dim: int | None = None, name: str = "x") -> Tensor:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has dimension {x.shape[1]}, expected {dim}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
+    _check_values(x, name)
     return x if x.dtype == torch.float64 else x.float()
 
 
 def check_channel_last(x: Any, dim: int, name: str = "x") -> Tensor:
-    """Validate channel-last input ``(..., dim)`` (tokenizer layers) before any heavy work."""
+    """Validate channel-last input ``(..., dim)`` (tokenizer layers) before any heavy work: the
+    same value checks as :func:`check_vectors` (finite, at most :data:`MAX_ABS_VALUE`)."""
     x = _require_float_tensor(x, name)
     if x.dim() == 0 or x.shape[-1] != dim:
         raise ValueError(
@@ -116,13 +150,13 @@ def check_channel_last(x: Any, dim: int, name: str = "x") -> Tensor:
         )
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf (diverged encoder or learning rate too high?)")
+    _check_values(x, name, " (diverged encoder or learning rate too high?)")
     return x
 
 
 def check_weights(weights: Any, x: Tensor, name: str = "weights") -> Tensor | None:
-    """Validate importance weights for ``x`` (n, d): shape (n,) or (n, d), finite, >= 0, not all 0.
+    """Validate importance weights for ``x`` (n, d): shape (n,) or (n, d), finite, >= 0, not all 0,
+    and small enough that weighted squared distances stay finite in float32.
 
     Returns ``None`` when ``weights`` is ``None``, else a tensor of ``x``'s dtype and device.
     """
@@ -140,6 +174,13 @@ def check_weights(weights: Any, x: Tensor, name: str = "weights") -> Tensor | No
         raise ValueError(f"{name} must be non-negative")
     if not bool((weights > 0).any()):
         raise ValueError(f"{name} are all zero")
+    # weighted squared distances, sum_j w_ij (x_ij - c_j)^2 <= d * max w * (2 max |x|)^2, are float32
+    w_max, x_max = float(weights.max()), float(x.detach().abs().max())
+    if w_max * (2.0 * x_max) ** 2 * d > _WEIGHTED_LIMIT:
+        raise ValueError(
+            f"{name} up to {w_max:.3g} with |x| up to {x_max:.3g} (d = {d}) overflow float32 weighted distances; "
+            "rescale the weights (k-means' result does not change when all weights are scaled by one factor)"
+        )
     return weights
 
 

@@ -612,7 +612,11 @@ class KMeans(Codec):
         if self.init == "k-means++":
             init = kmeans_plusplus(x, self.k, w, gen).numpy()
         wn = None if w is None else w.contiguous().numpy()
-        km.train(xn, weights=wn, init_centroids=init)
+        try:  # the SWIG layer turns a faiss C++ exception into RuntimeError (values are checked first:
+            # faiss aborts the process instead when distances overflow, see checks.MAX_ABS_VALUE)
+            km.train(xn, weights=wn, init_centroids=init)
+        except RuntimeError as e:
+            raise RuntimeError(f"faiss k-means (k={self.k}, n={n}, d={d}) failed: {e}") from e
         c = torch.from_numpy(km.centroids.copy())
         idx, dist = _assign(x, c, w, self.chunk_bytes)
         self.history = [float(v) for v in km.obj] if hasattr(km, "obj") else []

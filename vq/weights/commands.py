@@ -41,15 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity over fixed 512-token windows")
     p.add_argument("model", help="compressed directory, transformers folder, .gguf file or 'smollm2'")
     p.add_argument("--text", default="pydoc", help="text file, or 'pydoc' (its held-out 20%%; default)")
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--max-windows", type=_positive_int, default=None, help="evaluate only the first N >= 1 windows")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="generate text with a (compressed) model")
     p.add_argument("model", help="compressed directory, transformers folder, .gguf file or 'smollm2'")
-    p.add_argument("prompt")
-    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("prompt", help="text to continue (not empty)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=40)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     p.add_argument("--repetition-penalty", type=float, default=1.2, help="greedy decoding's repetition penalty")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -75,7 +75,8 @@ def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
                    help="calibration text file, or 'pydoc' (its first 80%%; default)")
     p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS,
                    help=f"512-token calibration windows (default {DEFAULT_CALIB_WINDOWS})")
-    p.add_argument("--group-size", type=int, default=None, help="rtn/gptq: input columns per (scale, zero) grid")
+    p.add_argument("--group-size", type=_positive_int, default=None,
+                   help="rtn/gptq: input columns per (scale, zero) grid (>= 1; small groups cost 24 bits each)")
     p.add_argument("--weights-per-codebook", type=int, default=None, help="gptvq: target weights per codebook tile")
     p.add_argument("--dim", type=int, default=None, help="gptvq: vector length d")
     p.add_argument("--index-bits", type=int, default=None, help="gptvq: bits per code (K = 2**index_bits)")
@@ -175,9 +176,22 @@ def _load_any(spec: str):
     return model, hf.load_tokenizer(spec), float(w.element_size() * 8)
 
 
+def _positive_int(value: str) -> int:
+    """argparse type of a count flag: an int >= 1 (argparse names the flag in its error)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _evaluate(model, tokenizer, text: str, max_windows: int | None) -> dict[str, Any]:
     from vq.weights import data
 
+    if max_windows is not None and max_windows < 1:
+        raise ValueError(f"the number of evaluation windows must be >= 1, got {max_windows}")
     win = data.eval_windows(tokenizer, text)
     if max_windows is not None:
         win = win[:max_windows]
@@ -211,6 +225,8 @@ def _generate(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = F
                                             return_tensors="pt", return_dict=True)["input_ids"]
     else:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:  # (1, 0): nothing to continue
+        raise ValueError(f"the prompt {prompt!r} is empty after tokenization; give some text to continue")
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, repetition_penalty=repetition_penalty,
@@ -220,9 +236,13 @@ def _generate(model, tokenizer, prompt: str, max_new_tokens: int, chat: bool = F
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    _threads(args)
+    from vq.cli import UsageError
+
+    if not args.prompt:  # refused before any model work (a BOS-only start is not every tokenizer's)
+        raise UsageError("the prompt is empty; give some text to continue (e.g. vq generate MODEL 'Once upon')")
     if args.max_new_tokens < 1:
-        raise ValueError("--max-new-tokens must be >= 1")
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    _threads(args)
     model, tok, _ = _load_any(args.model)
     _out(_generate(model, tok, args.prompt, args.max_new_tokens, args.chat, args.repetition_penalty))
     return 0

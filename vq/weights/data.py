@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vq.codebook.checks import InputError
+
 __all__ = [
     "PYDOC",
     "CALIB_FRACTION",
@@ -69,8 +71,8 @@ def split_tokens(ids: Tensor, fraction: float = CALIB_FRACTION) -> tuple[Tensor,
 def windows(ids: Tensor, seq_len: int = SEQ_LEN, what: str = "text") -> Tensor:
     """Non-overlapping windows (n_windows, seq_len); raises if not even one window fits."""
     n = len(ids) // seq_len
-    if n == 0:
-        raise ValueError(
+    if n == 0:  # the text given is too short: an input error (vq exit code 3), not a bad parameter
+        raise InputError(
             f"{what} has {len(ids)} tokens, shorter than one {seq_len}-token window; give a longer text"
         )
     return ids[: n * seq_len].reshape(n, seq_len)  # (n_windows, seq_len)
@@ -111,8 +113,10 @@ def eval_windows(tokenizer, source: str | os.PathLike = PYDOC, seq_len: int = SE
 @torch.no_grad()
 def perplexity(model: nn.Module, win: Tensor, batch_size: int = 4, progress: bool = True) -> tuple[float, int]:
     """Perplexity of ``model`` over windows (n, seq_len) int64; returns (perplexity, predicted tokens)."""
-    if win.dim() != 2 or win.shape[1] < 2:
-        raise ValueError(f"windows must have shape (n, seq_len >= 2), got {tuple(win.shape)}")
+    if win.dim() != 2 or win.shape[0] < 1 or win.shape[1] < 2:  # n = 0 would divide by zero below
+        raise ValueError(f"windows must have shape (n >= 1, seq_len >= 2), got {tuple(win.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters(), torch.empty(0)).device
     nll, count = 0.0, 0
     for s in tqdm(range(0, len(win), batch_size), desc="perplexity", unit="batch", disable=not progress):

@@ -21,7 +21,7 @@ from torch import Tensor
 from vq.weights.format import QuantizedWeight
 from vq.weights.hessian import damped, inverse_cholesky
 from vq.codebook.checks import require_int
-from vq.weights.rtn import group_grids, uniform_params, uniform_quantize
+from vq.weights.rtn import check_group_size, group_grids, uniform_params, uniform_quantize
 
 __all__ = ["GPTQConfig", "gptq_quantize"]
 
@@ -39,7 +39,7 @@ class GPTQConfig:
 
     def __post_init__(self) -> None:
         require_int("bits", self.bits, 1, 8)
-        require_int("group_size", self.group_size, 1)
+        check_group_size(self.bits, self.group_size)
         if not 0.0 <= self.damp < 1e3:
             raise ValueError(f"damp must be >= 0, got {self.damp}")
         if self.block_size < 1:

@@ -11,6 +11,7 @@ shorter when ``group_size`` does not divide ``in_features``)::
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,7 +21,28 @@ from torch import Tensor
 from vq.codebook.checks import require_int
 from vq.weights.format import QuantizedWeight
 
-__all__ = ["RTNConfig", "uniform_params", "uniform_quantize", "group_grids", "rtn_quantize"]
+__all__ = ["RTNConfig", "uniform_params", "uniform_quantize", "group_grids", "rtn_quantize", "check_group_size",
+           "GRID_BITS"]
+
+log = logging.getLogger(__name__)
+
+#: bits stored per (scale, zero) grid: an fp16 scale and a uint8 zero (QuantizedWeight.from_uniform)
+GRID_BITS = 16 + 8
+
+
+def check_group_size(bits: int, group_size: int) -> float:
+    """``group_size`` as columns per (scale, zero) grid: an int >= 1 (else ``ValueError``); logs a
+    warning when the grids' overhead (``GRID_BITS / group_size`` bits per weight) exceeds the code
+    bits, naming the resulting bits/weight (2-bit codes in groups of 7: 5.43; 4-bit ones: 7.43, no
+    warning, as the grids cost less than the codes). Returns those bits per weight (codes +
+    grids, ignoring a shorter last group)."""
+    require_int("group_size", group_size, 1)
+    total = bits + GRID_BITS / group_size
+    if GRID_BITS / group_size > bits:
+        log.warning("group_size %d with %d-bit codes stores %.2f bits/weight (%.2f of them fp16 scales and "
+                    "uint8 zeros); groups of >= %d columns keep that overhead at most the code bits",
+                    group_size, bits, total, GRID_BITS / group_size, -(-GRID_BITS // bits))
+    return total
 
 
 @dataclass(frozen=True)
@@ -32,7 +54,7 @@ class RTNConfig:
 
     def __post_init__(self) -> None:
         require_int("bits", self.bits, 1, 8)
-        require_int("group_size", self.group_size, 1)
+        check_group_size(self.bits, self.group_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
