@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from vq.outputs import MARKER, OutputKind, check_out_dir, is_vq_output, open_in_place, staged_dir
+from vq.outputs import MARKER, OutputKind, check_out_dir, is_vq_output, mark_output, staged_dir
 
 KIND = OutputKind(kind="test-output", command="vq test", files=("result.txt", "*.png"))
 OTHER = OutputKind(kind="other-output", command="vq other", files=("result.txt",))
@@ -107,18 +107,24 @@ def test_failure_while_writing_leaves_the_target_and_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_open_in_place_resumes_its_own_run_and_refuses_others(tmp_path):
-    out = open_in_place(tmp_path / "run", KIND)
+def _resume(path):
+    check_out_dir(path, KIND, overwrite=False, resume=True, sibling=False)
+    return mark_output(path, KIND)
+
+
+def test_a_resumable_run_reuses_its_own_directory_and_refuses_others(tmp_path):
+    out = _resume(tmp_path / "run")
     (out / "result.txt").write_text("step 1")
-    assert open_in_place(out, KIND) == out  # its own previous run: resumed, nothing removed
-    assert (out / "result.txt").read_text() == "step 1"
+    (out / "my-notes.txt").write_text("the user's")
+    assert _resume(out) == out  # its own previous run: resumed, nothing removed
+    assert (out / "result.txt").read_text() == "step 1" and (out / "my-notes.txt").exists()
     d = _foreign_dir(tmp_path)
     before = _snapshot(d)
     with pytest.raises(ValueError, match="not empty"):
-        open_in_place(d, KIND)
-    assert _snapshot(d) == before
+        _resume(d)
+    assert _snapshot(d) == before and not (d / MARKER).exists()
     legacy = tmp_path / "legacy"  # a run from before markers: only entries the command writes
     legacy.mkdir()
     (legacy / "result.txt").write_text("old run")
-    open_in_place(legacy, KIND)
+    _resume(legacy)
     assert is_vq_output(legacy, KIND) and (legacy / "result.txt").read_text() == "old run"

@@ -12,8 +12,9 @@ Every command that writes a directory (``vq compress`` / ``vq demo``, ``vq train
   in. Entries of the old directory that vq did not write (they match none of the marker's file
   patterns) are carried over into the new one: nothing vq did not write is ever deleted.
 
-A resumable kind (a tokenizer run) is reused in place by :func:`open_in_place` without
-``overwrite``: its directory holding vq's marker *is* the run to resume.
+A resumable kind (a tokenizer run) is checked with ``check_out_dir(..., resume=True)`` and written
+in place (:func:`mark_output`): its directory holding vq's marker *is* the run to resume, reused
+without ``overwrite``.
 
 The marker is a small JSON file: ``{"written_by": "vq compress", "kind": "compressed-model",
 "files": [glob patterns of what the command writes]}``.
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MARKER", "OutputKind", "check_out_dir", "is_vq_output", "open_in_place", "replace_dir", "staged_dir",
+__all__ = ["MARKER", "OutputKind", "check_out_dir", "is_vq_output", "mark_output", "replace_dir", "staged_dir",
            "write_marker"]
 
 MARKER = ".vq-output"
@@ -174,14 +175,12 @@ def staged_dir(path: str | os.PathLike, spec: OutputKind, *, overwrite: bool) ->
         raise
 
 
-def open_in_place(path: str | os.PathLike, spec: OutputKind, *, write: bool = True) -> Path:
-    """For outputs written incrementally into the target (a resumable run): check ``path`` (a previous
-    output of the same kind is accepted, to resume), create it and write the marker (``write``: the
-    one process that does, rank 0 under torchrun). Returns the directory."""
+def mark_output(path: str | os.PathLike, spec: OutputKind) -> Path:
+    """For outputs written incrementally into the target (a resumable run, checked beforehand with
+    ``check_out_dir(..., resume=True, sibling=False)``): create the directory and write its marker
+    unless it has one (the one process that writes, rank 0 under torchrun). Returns the directory."""
     out = Path(path)
-    check_out_dir(out, spec, overwrite=False, resume=True, sibling=False)
-    if write:
-        out.mkdir(parents=True, exist_ok=True)
-        if not is_vq_output(out, spec):
-            write_marker(out, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_vq_output(out, spec):
+        write_marker(out, spec)
     return out
