@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,12 @@ def test_a_resumable_run_reuses_its_own_directory_and_refuses_others(tmp_path):
     (legacy / "result.txt").write_text("old run")
     _resume(legacy)
     assert is_vq_output(legacy, KIND) and (legacy / "result.txt").read_text() == "old run"
+
+
+def test_dot_as_target(tmp_path, monkeypatch):
+    d = tmp_path / "here"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    _write(KIND, ".", "first")  # an empty directory is filled in place: the cwd stays valid
+    assert Path.cwd() == d and (d / "result.txt").read_text() == "first" and is_vq_output(d, KIND)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]

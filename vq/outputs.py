@@ -134,8 +134,9 @@ def replace_dir(tmp: Path, final: Path, spec: OutputKind | None = None) -> None:
     """Move a finished directory ``tmp`` to ``final``. A missing or empty ``final`` is simply replaced;
     a non-empty one must be vq's output (its marker, of ``spec.kind`` when given): entries of it that
     vq did not write are moved into ``tmp`` first, then ``final`` is swapped out (renamed to a hidden
-    sibling), ``tmp`` renamed into place, and the old one — only vq's files by now — removed."""
-    tmp, final = Path(tmp), Path(final)
+    sibling), ``tmp`` renamed into place, and the old one — only vq's files by now — removed. An empty
+    ``final`` is kept and ``tmp``'s entries are moved into it."""
+    tmp, final = Path(tmp), Path(final).absolute()  # absolute: "." has no name to rename
     if final.exists() and not final.is_dir():
         raise ValueError(f"{final} exists and is not a directory; refusing to replace it")
     if final.is_dir():
@@ -147,7 +148,11 @@ def replace_dir(tmp: Path, final: Path, spec: OutputKind | None = None) -> None:
         for name in _foreign(final, [str(p) for p in m.get("files", [])]) if m else []:
             if not (tmp / name).exists():
                 os.replace(final / name, tmp / name)  # the user's files stay, in the new directory
-    if final.is_dir():
+    if final.is_dir() and not any(final.iterdir()):  # empty: fill it, keeping the directory itself (cwd, mode)
+        for e in tmp.iterdir():
+            os.replace(e, final / e.name)
+        tmp.rmdir()
+    elif final.is_dir():
         old = Path(tempfile.mkdtemp(prefix=_OURS + "old-", dir=final.absolute().parent))
         os.replace(final, old / final.name)
         os.replace(tmp, final)
@@ -161,10 +166,10 @@ def staged_dir(path: str | os.PathLike, spec: OutputKind, *, overwrite: bool) ->
     """Check ``path``, yield a fresh hidden sibling temp directory to write the output into, then
     mark it and swap it into place (:func:`replace_dir`); on any error the temp directory goes and
     ``path`` is untouched."""
-    final = Path(path)
-    check_out_dir(final, spec, overwrite=overwrite)
-    final.absolute().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_OURS}tmp-{final.name}-", dir=final.absolute().parent))
+    check_out_dir(path, spec, overwrite=overwrite)
+    final = Path(path).absolute()  # absolute: "." has no name to stage beside
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_OURS}tmp-{final.name}-", dir=final.parent))
     try:
         os.chmod(tmp, 0o755)
         yield tmp
