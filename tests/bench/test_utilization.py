@@ -186,3 +186,37 @@ def test_array_rows_cut_into_dim_vectors_stay_in_one_split(tmp_path):
     assert not rows(data.fit) & rows(data.heldout)
     with pytest.raises(ValueError, match="not a multiple of --dim 5"):
         load_data(str(tmp_path / "w.npy"), dim=5)
+
+
+def test_cli_out_below_a_file_is_refused_before_the_data_loads(arrays, capsys, monkeypatch):
+    import vq.bench.data
+
+    def boom(*a, **k):
+        raise AssertionError("data loaded before --out was checked")
+
+    monkeypatch.setattr(vq.bench.data, "load_data", boom)
+    f = arrays / "ok.npy"
+    before = f.read_bytes()
+    rc, cap = _cli(capsys, "--data", str(f), "--sizes", "8", "--peers", "none", "--out", str(f / "report"))
+    assert rc == 1 and f"--out {f / 'report'}" in cap.err and "is not a directory" in cap.err
+    assert "Traceback" not in cap.err and f.read_bytes() == before
+
+
+def test_cli_failed_report_keeps_the_previous_one(arrays, capsys, monkeypatch):
+    import vq.bench.report
+
+    out = arrays / "kept"
+    common = ["--data", str(arrays / "ok.npy"), "--quantizers", "kmeans", "--sizes", "8", "--peers", "none",
+              "--out", str(out)]
+    assert _cli(capsys, *common)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def half_then_fail(res, d, *a, **k):
+        (d / "results.json").write_text("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(vq.bench.report, "write_report", half_then_fail)
+    rc, cap = _cli(capsys, *common, "--overwrite")
+    assert rc == 1 and "disk full" in cap.err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in arrays.iterdir() if p.name.startswith(".vq-")) == []  # no staging dir left

@@ -158,3 +158,27 @@ def test_cli_stages_flag_and_deprecated_levels_alias(audio_dir, tmp_path, caplog
     assert vq_main([*base, "--out", str(tmp_path / "both"), "--stages", "3", "--levels", "2"]) == 2
     assert "--stages 3 and the deprecated --levels 2 disagree" in capsys.readouterr().err
     assert not (tmp_path / "both").exists()
+
+
+@pytest.mark.parametrize("kind", ["foreign", "file", "below-a-file"])
+def test_cli_refuses_an_out_it_may_not_write_before_any_work(kind, image_dir, tmp_path, capsys, monkeypatch):
+    """Found at the start, not at the first checkpoint: nothing is built, nothing is touched."""
+    import vq_tokenizers.train as train
+
+    def boom(*a, **k):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(train, "_dataset", boom)
+    monkeypatch.setattr(train, "_setup_distributed", boom)
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "report.json").write_text("{}")  # a name the run writes, in a folder it did not create
+    (mine / "paper.pdf").write_bytes(b"%PDF\x00")
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"data")
+    out = {"foreign": mine, "file": f, "below-a-file": f / "run"}[kind]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    rc = vq_main(["train-tokenizer", "image", "--data", str(image_dir), "--out", str(out), "--steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"--out {out}" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

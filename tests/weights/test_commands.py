@@ -126,3 +126,70 @@ def test_demo_on_the_tiny_model(tiny_model_dir, text_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "bits/weight" in out and "perplexity" in out and "reloaded" in out
     assert (tmp_path / "demo" / "vq_config.json").exists()
+
+
+# -- --out safety (vq.outputs): refused before any work, nothing the tool did not write is touched --
+def _no_work(monkeypatch):
+    """Make loading a model or tokenizer fail loudly: a refused --out must come before either."""
+    from vq.weights import hf
+
+    def boom(*a, **k):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(hf, "load_model", boom)
+    monkeypatch.setattr(hf, "load_tokenizer", boom)
+
+
+def _tree(d):
+    return {str(p.relative_to(d)): (p.read_bytes() if p.is_file() else None) for p in sorted(d.rglob("*"))}
+
+
+@pytest.mark.parametrize("command", ["compress", "demo"])
+def test_out_holding_other_files_is_refused_untouched(command, tiny_model_dir, text_file, tmp_path, capsys,
+                                                      monkeypatch):
+    out = tmp_path / "precious"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.tex").write_bytes(b"\\documentclass{article}\x00")
+    (out / "sub" / "model.safetensors").write_bytes(b"not vq's")
+    before = _tree(out)
+    _no_work(monkeypatch)
+    model = [str(tiny_model_dir)] if command == "compress" else ["--model", str(tiny_model_dir)]
+    for extra, msg in (([], "exists and is not empty"), (["--overwrite"], "was not created by `vq compress`")):
+        capsys.readouterr()
+        assert main([command, *model, "--out", str(out), "--text", str(text_file), *SMALL, *extra]) == 1
+        err = capsys.readouterr().err
+        assert msg in err and str(out) in err and "--overwrite" in err and "Traceback" not in err
+        assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
+
+
+@pytest.mark.parametrize("kind", ["file", "below-a-file"])
+def test_out_that_is_a_file_is_refused_before_work(kind, tiny_model_dir, text_file, tmp_path, capsys, monkeypatch):
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"weights")
+    out = f if kind == "file" else f / "q"
+    _no_work(monkeypatch)
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and str(f) in err and "Traceback" not in err
+    assert f.read_bytes() == b"weights" and sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_overwrite_replaces_a_previous_output_and_nothing_else(compressed, tiny_model_dir, text_file, tmp_path,
+                                                               capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out = tmp_path / "q"
+    shutil.copytree(compressed, out)
+    (out / "model.safetensors").write_bytes(b"stale")  # vq's file: replaced
+    (out / "README.md").write_text("my notes")  # not vq's: kept
+    args = ["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), "--threads", "1", *SMALL]
+    assert main(args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == b"stale"
+    assert main([*args, "--overwrite"]) == 0
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(compressed / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)  # (the header's metadata order varies)
+    assert (out / "README.md").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temp or old directories left

@@ -90,7 +90,7 @@ def test_failed_save_keeps_the_good_directory(saved, tmp_path, monkeypatch):
 
     monkeypatch.setattr(F, "write_tensors", boom)
     with pytest.raises(OSError):
-        F.save(d, model, {}, {})
+        F.save(d, model, {}, {}, overwrite=True)
     assert (d / F.MODEL_FILE).read_bytes() == before
     F.load(d)
 

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=["image", "audio"])
     p.add_argument("--data", required=True, help="training folder")
     p.add_argument("--heldout", help="held-out folder for the final metrics")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, report.json, plots)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, report.json, plots): new, empty, or an earlier run "
+                   "of this command, which is resumed")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from vq.codebook.checks import require_choice, require_number
 from vq.codebook.metrics import used_fraction
+from vq.outputs import OutputKind, check_out_dir, mark_output
 from vq_tokenizers.audio import AudioCodec, AudioCodecConfig, si_snr
 from vq_tokenizers.data import AudioFolder, ImageFolder
 from vq_tokenizers.image import VQVAE, ImageTokenizerConfig, psnr
@@ -330,13 +331,27 @@ def _dataset(cfg: TrainConfig, folder: str, model: nn.Module) -> ImageFolder | A
     return AudioFolder(folder, sr, seg)
 
 
+#: the marker kind of a run directory (vq.outputs): a directory holding it is a run to resume
+RUN_OUTPUT = OutputKind(kind="tokenizer-run", command="vq train-tokenizer",
+                        files=("ckpt-*", "report.json", "loss.png", "utilization.png", "reconstructions.png",
+                               "spectrograms.png"))
+
+
 def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) and return the final report (also written to ``out/report.json`` on rank 0)."""
+    """Train (or resume) and return the final report (also written to ``out/report.json`` on rank 0).
+
+    ``cfg.out`` must be new, empty or a previous run directory of this function (its marker, see
+    :mod:`vq.outputs`); a file, a path below a file, an unwritable location or a directory holding
+    other files is refused (``ValueError``) before anything starts."""
     from tqdm import tqdm
 
-    rank, world, device, created_group = _setup_distributed()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, RUN_OUTPUT, overwrite=False, resume=True, sibling=False)
+    rank, world, device, created_group = _setup_distributed()
+    if rank == 0:
+        mark_output(out, RUN_OUTPUT)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = build_model(cfg).to(device)
     data = _dataset(cfg, cfg.data, model)

@@ -1,24 +1,27 @@
 """CLI of the benchmarking area: ``vq bench utilization``.
 
 Registered by ``vq.cli`` through :func:`register`. The summary goes to stdout; progress bars and
-diagnostics to stderr. Output safety: ``--out`` must be new or empty; an existing non-empty
-directory is reused only with ``--overwrite`` AND when it holds the marker file this command
-writes (:data:`MARKER`), and then only the files this command writes are replaced.
+diagnostics to stderr. Output safety (:mod:`vq.outputs`, checked before the data loads): ``--out``
+must be new or empty; an existing non-empty directory is replaced only with ``--overwrite`` AND
+when it holds vq's marker (:data:`MARKER`) of a bench report, and then only the files this command
+writes go (the report is staged beside it and swapped in; other files are kept).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-__all__ = ["MARKER", "OUTPUT_FILES", "prepare_out_dir", "register"]
+from vq.outputs import MARKER, OutputKind, check_out_dir, staged_dir
+
+__all__ = ["MARKER", "OUTPUT", "OUTPUT_FILES", "register"]
 
 log = logging.getLogger(__name__)
 
-MARKER = ".vq-bench"
 OUTPUT_FILES = ("results.json", "report.html", "summary.txt")
+#: the marker kind of a report directory (vq.outputs)
+OUTPUT = OutputKind(kind="bench-utilization", command="vq bench", files=(*OUTPUT_FILES, "*.png"))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,23 +70,6 @@ def _sizes(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def prepare_out_dir(out: Path, overwrite: bool, create: bool) -> None:
-    """Check (``create=False``) or create (``create=True``) the output directory under the
-    rules of the module docstring. Raises ``ValueError`` when writing there is not allowed."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"--out {out} exists and is not empty; choose a new directory "
-                             "(or pass --overwrite to replace an earlier `vq bench` report there)")
-        if not (out / MARKER).is_file():
-            raise ValueError(f"--out {out} was not created by `vq bench` (no {MARKER} marker); refusing to overwrite it")
-    if create:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(json.dumps({"written_by": "vq bench utilization",
-                                              "files": list(OUTPUT_FILES) + ["*.png"]}) + "\n")
-
-
 def _command(args: argparse.Namespace) -> list[str]:
     """The command line that reproduces this run (every option spelled out)."""
     cmd = ["vq", "bench", "utilization", "--data", args.data, "--quantizers", args.quantizers, "--sizes", args.sizes,
@@ -112,13 +98,13 @@ def cmd_utilization(args: argparse.Namespace) -> int:
                                peers=peers, seed=args.seed, peer_steps=args.peer_steps, peer_batch=args.peer_batch,
                                skip_unsupported=args.skip_unsupported)
     out = Path(args.out)
-    prepare_out_dir(out, args.overwrite, create=False)
+    check_out_dir(out, OUTPUT, overwrite=args.overwrite)  # before the data loads
     data = load_data(args.data, dim=args.dim, seed=args.seed, max_vectors=args.max_vectors)
     plan_runs(config, data.dim, data.fit.shape[0])  # every size error before anything is fitted
-    prepare_out_dir(out, args.overwrite, create=True)
     results = bench_utilization(data, config, progress=True, command=_command(args))
-    written = write_report(results, out)
+    with staged_dir(out, OUTPUT, overwrite=args.overwrite) as tmp:
+        written = write_report(results, tmp)
     for line in written["summary"]:
         sys.stdout.write(line + "\n")
-    sys.stdout.write(f"report: {written['html']}\n")
+    sys.stdout.write(f"report: {out / written['html'].name}\n")
     return 0

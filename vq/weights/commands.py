@@ -71,6 +71,8 @@ def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
     p.add_argument("--bits", type=int, default=2, help="target bits per weight (code bits; default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue a killed run from <out>.partial/")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out that an earlier `vq compress` / `vq demo` wrote (only its files)")
     p.add_argument("--text", dest="calib_text", default="pydoc",
                    help="calibration text file, or 'pydoc' (its first 80%%; default)")
     p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS,
@@ -126,11 +128,13 @@ def _solver_config(args: argparse.Namespace):
 
 def _compress_to(args: argparse.Namespace, model_spec: str, out: Path, model=None, tokenizer=None):
     """Shared by compress and demo: returns (CompressedModel, seconds)."""
+    from vq.outputs import check_out_dir
     from vq.weights import data, format, hf
     from vq.weights.pipeline import DEFAULT_SKIP, CompressConfig, compress
 
     config = CompressConfig(solver=_solver_config(args), seed=args.seed,  # validates before loading
                             skip=DEFAULT_SKIP + tuple(args.skip))
+    check_out_dir(out, format.MODEL_OUTPUT, overwrite=args.overwrite)  # before any work (vq.outputs)
     tokenizer = tokenizer or hf.load_tokenizer(model_spec)
     calib = data.calibration_windows(tokenizer, args.calib_text, n=args.calib_windows)
     t0 = time.perf_counter()
@@ -143,7 +147,7 @@ def _compress_to(args: argparse.Namespace, model_spec: str, out: Path, model=Non
     extra = {"source_model": str(model_spec), "calibration": {"text": str(args.calib_text), "windows": len(calib),
              "seq_len": calib.shape[1]}, "report": result.report, "compress_seconds": seconds}
     format.save(out, result.model, result.layers, config.to_dict(), tokenizer=tokenizer,
-                dense_dtype=config.torch_dense_dtype, extra=extra)
+                dense_dtype=config.torch_dense_dtype, extra=extra, overwrite=args.overwrite)
     shutil.rmtree(ckpt, ignore_errors=True)
     return result, seconds
 
@@ -250,11 +254,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Compress the default model, evaluate it beside fp32, reload from disk, generate, summarise."""
+    from vq.outputs import check_out_dir
     from vq.weights import format, hf
 
     _threads(args)
     t_all = time.perf_counter()
     out = Path(args.out)
+    check_out_dir(out, format.MODEL_OUTPUT, overwrite=args.overwrite)  # before the model loads (vq.outputs)
     spec = args.model
     t0 = time.perf_counter()
     tok = hf.load_tokenizer(spec)

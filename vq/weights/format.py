@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,9 @@ from torch import Tensor, nn
 
 from vq_kernels.layout import VQLayout
 from vq_kernels.reference import dequantize
+
+from vq import outputs
+from vq.outputs import OutputKind
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +52,7 @@ __all__ = [
     "read_tensors",
     "write_json",
     "read_json",
+    "MODEL_OUTPUT",
     "replace_dir",
     "bits_report",
     "save",
@@ -296,17 +299,18 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is corrupted or truncated (not valid JSON): {e}") from e
 
 
+#: the marker kind of a compressed model directory (vq.outputs): what save writes, by name
+MODEL_OUTPUT = OutputKind(
+    kind="compressed-model", command="vq compress",
+    files=(MODEL_FILE, CONFIG_FILE, "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json",
+           "vocab.json", "merges.txt", "added_tokens.json", "chat_template.*"),
+)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished directory ``tmp`` to ``final``; an existing ``final`` is replaced only after
-    ``tmp`` is complete (old -> ``final.old``, tmp -> final, then the old one is removed)."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    """Move a finished compressed model directory ``tmp`` to ``final`` (see :func:`vq.outputs.replace_dir`:
+    an existing ``final`` is replaced only when it is vq's output, and only vq's files in it go)."""
+    outputs.replace_dir(tmp, final, MODEL_OUTPUT)
 
 
 # -- accounting over a model -------------------------------------------------------------------
@@ -347,18 +351,24 @@ def save(
     tokenizer: Any = None,
     dense_dtype: torch.dtype = torch.float16,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a compressed model directory (docs/formats.md, "Compressed model directory").
 
     ``model`` is the compressed model (its quantized Linears are named in ``layers``); every other
-    parameter / persistent buffer is stored in ``dense_dtype``. The directory is assembled under
-    ``<out_dir>.tmp`` and renamed into place only when complete.
+    parameter / persistent buffer is stored in ``dense_dtype``. The directory is assembled in a hidden
+    sibling temp directory and swapped into place only when complete (:func:`vq.outputs.staged_dir`):
+    a non-empty ``out_dir`` is replaced only with ``overwrite`` and only when it is an earlier output
+    of vq (``ValueError`` otherwise, before anything is written).
     """
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with outputs.staged_dir(out, MODEL_OUTPUT, overwrite=overwrite) as tmp:
+        _write_model_dir(tmp, model, layers, compress_config, tokenizer, dense_dtype, extra)
+    return out
+
+
+def _write_model_dir(tmp: Path, model: nn.Module, layers: dict[str, QuantizedWeight], compress_config: dict[str, Any],
+                     tokenizer: Any, dense_dtype: torch.dtype, extra: dict[str, Any] | None) -> None:
     tensors: dict[str, Tensor] = {}
     for name, qw in layers.items():
         for k, v in qw.tensors.items():
@@ -389,8 +399,6 @@ def save(
     _add_quantization_config(tmp / "config.json", layers, {n for n in layers if n + ".bias" in tensors})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-    replace_dir(tmp, out)
-    return out
 
 
 def is_compressed_dir(path: str | os.PathLike) -> bool:
