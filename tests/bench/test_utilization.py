@@ -198,7 +198,7 @@ def test_cli_out_below_a_file_is_refused_before_the_data_loads(arrays, capsys, m
     f = arrays / "ok.npy"
     before = f.read_bytes()
     rc, cap = _cli(capsys, "--data", str(f), "--sizes", "8", "--peers", "none", "--out", str(f / "report"))
-    assert rc == 1 and f"--out {f / 'report'}" in cap.err and "is not a directory" in cap.err
+    assert rc == 2 and f"--out {f / 'report'}" in cap.err and "is not a directory" in cap.err
     assert "Traceback" not in cap.err and f.read_bytes() == before
 
 
@@ -217,6 +217,6 @@ def test_cli_failed_report_keeps_the_previous_one(arrays, capsys, monkeypatch):
 
     monkeypatch.setattr(vq.bench.report, "write_report", half_then_fail)
     rc, cap = _cli(capsys, *common, "--overwrite")
-    assert rc == 1 and "disk full" in cap.err
+    assert rc == 4 and "disk full" in cap.err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in arrays.iterdir() if p.name.startswith(".vq-")) == []  # no staging dir left

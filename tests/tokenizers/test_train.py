@@ -180,5 +180,5 @@ def test_cli_refuses_an_out_it_may_not_write_before_any_work(kind, image_dir, tm
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     rc = vq_main(["train-tokenizer", "image", "--data", str(image_dir), "--out", str(out), "--steps", "2"])
     err = capsys.readouterr().err
-    assert rc == 1 and f"--out {out}" in err and "Traceback" not in err
+    assert rc == 2 and f"--out {out}" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -156,7 +156,7 @@ def test_out_holding_other_files_is_refused_untouched(command, tiny_model_dir, t
     model = [str(tiny_model_dir)] if command == "compress" else ["--model", str(tiny_model_dir)]
     for extra, msg in (([], "exists and is not empty"), (["--overwrite"], "was not created by `vq compress`")):
         capsys.readouterr()
-        assert main([command, *model, "--out", str(out), "--text", str(text_file), *SMALL, *extra]) == 1
+        assert main([command, *model, "--out", str(out), "--text", str(text_file), *SMALL, *extra]) == 2  # a bad --out is a bad argument (vq.cli exit code 2)
         err = capsys.readouterr().err
         assert msg in err and str(out) in err and "--overwrite" in err and "Traceback" not in err
         assert _tree(out) == before
@@ -169,7 +169,7 @@ def test_out_that_is_a_file_is_refused_before_work(kind, tiny_model_dir, text_fi
     f.write_bytes(b"weights")
     out = f if kind == "file" else f / "q"
     _no_work(monkeypatch)
-    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), *SMALL]) == 1
+    assert main(["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), *SMALL]) == 2
     err = capsys.readouterr().err
     assert "is not a directory" in err and str(f) in err and "Traceback" not in err
     assert f.read_bytes() == b"weights" and sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
@@ -186,7 +186,7 @@ def test_overwrite_replaces_a_previous_output_and_nothing_else(compressed, tiny_
     (out / "model.safetensors").write_bytes(b"stale")  # vq's file: replaced
     (out / "README.md").write_text("my notes")  # not vq's: kept
     args = ["compress", str(tiny_model_dir), "--out", str(out), "--text", str(text_file), "--threads", "1", *SMALL]
-    assert main(args) == 1 and "--overwrite" in capsys.readouterr().err
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == b"stale"
     assert main([*args, "--overwrite"]) == 0
     a, b = load_file(str(out / "model.safetensors")), load_file(str(compressed / "model.safetensors"))
