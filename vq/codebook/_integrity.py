@@ -5,7 +5,8 @@ Every file vq writes (a codec, a compressed model's ``model.safetensors``) goes 
 under the metadata key :data:`CHECKSUM_KEY`; :func:`read_safetensors` recomputes and compares
 them, and a mismatch raises ``ValueError`` naming the file and the tensor. Files written before
 checksums existed (no such key) still load. Cost: SHA-256 runs at ~2 GB/s (51 ms for a 100 MB
-tensor on the dev box), i.e. ~45 ms on the 86 MB SmolLM2 2-bit model directory.
+tensor on the dev box; 48 ms for the 86.7 MB SmolLM2 2-bit ``model.safetensors``, which takes a
+warm ``vq.load`` from 0.24 s to 0.32 s).
 
 :func:`read_header` reads names, shapes and dtypes from the header without touching the data,
 so a loader can check sizes declared in a config before it allocates anything.
