@@ -177,6 +177,14 @@ class VQLayout:
         if scales.device != codebooks.device:
             raise ValueError(f"scales on {scales.device} but codebooks on {codebooks.device}")
 
+    def check_finite(self, codebooks: Tensor, scales: Tensor) -> None:
+        """No NaN / Inf in codebooks or scales. Kept out of :meth:`check_codebooks`, which runs on
+        every kernel call (a full pass, and a device sync on CUDA); called where a layer's tensors
+        enter (``VQLinear.from_codes``, ``load_state_dict``, the stored-format loader)."""
+        for name, t in (("codebooks", codebooks), ("scales", scales)):
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{name} contain NaN or Inf")
+
     def check_logical_codes(self, codes: Tensor) -> None:
         """Shape, dtype and range ``[0, K)`` of logical codes (out, n_groups, M)."""
         if not isinstance(codes, Tensor):

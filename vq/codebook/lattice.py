@@ -337,6 +337,24 @@ def _pyramid_counts(d: int, k: int) -> list[list[int]]:
     return N
 
 
+def _pyramid_count_capped(d: int, k: int, cap: int) -> int:
+    """N(d, k) for k >= 1 by the closed form sum_i 2^i C(d, i) C(k-1, i-1) (i nonzero coordinates),
+    stopping as soon as the sum reaches ``cap``: at most ~64 big-int steps, no table, whatever
+    the size of d and k (so a config claiming huge sizes is refused without allocating)."""
+    total, c_d, c_k = 0, 1, 1  # C(d, i - 1), C(k - 1, i - 2) before step i
+    for i in range(1, min(d, k) + 1):
+        c_d = c_d * (d - i + 1) // i
+        c_k = 1 if i == 1 else c_k * (k - i + 1) // (i - 1)
+        total += (1 << i) * c_d * c_k
+        if total >= cap:
+            return total
+    return total
+
+
+# the encode/decode table P (d+1, k+1, k+2) int64 must stay below this (a bound on a config's sizes)
+_TABLE_LIMIT_BYTES = 1 << 28
+
+
 @lru_cache(maxsize=32)
 def _pyramid_table(d: int, k: int) -> tuple[list[list[int]], Tensor, Tensor]:
     """N[l][j] = number of integer vectors of dim l with L1 norm j (Python ints), plus
@@ -382,9 +400,13 @@ class PVQ(Codec):
         require_int("dim", dim, 1)
         require_int("pulses", pulses, 1)
         require_int("gain_bits", gain_bits, 1, 16)
-        count = pyramid_count(dim, pulses)
+        count = _pyramid_count_capped(dim, pulses, _INT64_LIMIT)
         if count >= _INT64_LIMIT:
-            raise ValueError(f"N(dim={dim}, pulses={pulses}) = {count} shapes does not fit an int64 index")
+            raise ValueError(f"N(dim={dim}, pulses={pulses}) >= {count} shapes does not fit an int64 index")
+        table = (dim + 1) * (pulses + 1) * (pulses + 2) * 8
+        if table > _TABLE_LIMIT_BYTES:
+            raise ValueError(f"PVQ(dim={dim}, pulses={pulses}) needs a {table / 2**30:.1f} GiB enumeration "
+                             f"table; the limit is {_TABLE_LIMIT_BYTES / 2**30:.2f} GiB (fewer pulses or a smaller dim)")
         self.dim, self.pulses, self.gain_bits = dim, pulses, gain_bits
         self.num_shapes = count
         self.gain_range = torch.zeros(2, dtype=torch.float32)  # [gain_min, gain_max]; unfitted

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from vq.codebook._integrity import read_header, read_safetensors, write_safetensors
+
 __all__ = [
     "Codec",
     "save_codec",
@@ -73,6 +75,13 @@ class Codec(ABC):
         constructor arguments were renamed overrides this to read its old saved configs too."""
         return cls(**config)
 
+    @classmethod
+    def check_stored_shapes(cls, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+        """Refuse (``ValueError``) a saved ``config`` whose declared sizes do not match the stored
+        tensor ``shapes`` (read from the file header), before :meth:`from_config` allocates
+        anything. Families whose constructor allocates in proportion to a config size override
+        this; the default checks nothing (``load_state_dict`` checks shapes after construction)."""
+
     def state_dict(self) -> dict[str, Tensor]:
         return {}
 
@@ -99,40 +108,42 @@ class Codec(ABC):
 
 
 def save_codec(codec: Codec, path: str | Path) -> None:
-    """Write ``codec`` to one safetensors file (tensors + JSON config in the metadata).
-
-    Written to a temporary name then renamed, so an interrupted save never clobbers a good file.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in codec.state_dict().items()}
+    """Write ``codec`` to one safetensors file (tensors + JSON config + per-tensor SHA-256 in the
+    metadata). Written to a temporary name then renamed, so an interrupted save never clobbers a
+    good file."""
     meta = {"codec": type(codec).__name__, "config": json.dumps(codec.config())}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    write_safetensors(path, codec.state_dict(), meta)
 
 
 def load_codec(path: str | Path) -> Codec:
-    """Rebuild a codec written by :func:`save_codec`."""
-    from safetensors import safe_open
+    """Rebuild a codec written by :func:`save_codec`.
 
+    The header is read first: the config's declared sizes are checked against the stored tensor
+    shapes (:meth:`Codec.check_stored_shapes`) before the codec allocates anything; then the
+    tensors are read and their checksums verified.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no codec file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors codec file: {e}") from e
+    shapes, meta = read_header(path)
     name = meta.get("codec")
     if name not in CODECS:
         raise ValueError(f"{path}: unknown codec {name!r}; known: {sorted(CODECS)}")
-    config = json.loads(meta.get("config", "{}"))
     try:
-        codec = CODECS[name].from_config(config)
+        config = json.loads(meta.get("config", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the saved config is not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the saved config must be a JSON object, got {type(config).__name__}")
+    cls = CODECS[name]
+    try:
+        cls.check_stored_shapes(config, {k: shape for k, (shape, _) in shapes.items()})
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    try:
+        codec = cls.from_config(config)
     except TypeError as e:  # a key the constructor does not take, or a missing one
         raise ValueError(f"{path}: the saved {name} config {config} does not match "
                          f"{name}'s arguments ({e}); was it written by another version of vq?") from e
+    tensors, _ = read_safetensors(path)
     return codec.load_state_dict(tensors)

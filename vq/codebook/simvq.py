@@ -172,6 +172,17 @@ class SimVQCodebook(Codec):
     def config(self) -> dict[str, Any]:
         return {"dim": self.dim, "k": self.k, "rank": self.rank, "seed": self.seed, "niter": self.niter, "init_niter": self.init_niter}
 
+    @classmethod
+    def check_stored_shapes(cls, config: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+        """The constructor draws the (k, rank) basis: refuse a config whose k / rank / dim are not
+        the stored tensors' shapes before it does."""
+        dim, k = config.get("dim"), config.get("k")
+        rank = config.get("rank") or dim
+        for name, want in (("basis", (k, rank)), ("W", (rank, dim))):
+            if shapes.get(name) != want:
+                raise ValueError(f"the SimVQCodebook config (dim={dim}, k={k}, rank={rank}) declares {name} "
+                                 f"{want}, the file stores {shapes.get(name)}")
+
     def state_dict(self) -> dict[str, Tensor]:
         self._require_fitted()
         return {"basis": self.basis.clone(), "W": self.W.clone()}

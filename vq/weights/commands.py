@@ -1,4 +1,5 @@
-"""CLI subcommands of the weight-compression area: ``compress``, ``eval``, ``generate``, ``demo``.
+"""CLI subcommands of the weight-compression area: ``compress``, ``eval``, ``generate``, ``demo``,
+``verify``.
 
 Registered by ``vq.cli`` through :func:`register`. Results go to stdout (they are the command's
 output); progress and diagnostics go through ``logging`` / tqdm on stderr.
@@ -28,7 +29,7 @@ def _out(line: str = "") -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add compress / eval / generate / demo to the ``vq`` parser."""
+    """Add compress / eval / generate / demo / verify to the ``vq`` parser."""
     from vq.weights.pipeline import METHODS
 
     p = sub.add_parser("compress", help="compress an LLM's Linear weights (GPTVQ / GPTQ / RTN)")
@@ -63,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-windows", type=int, default=None, help="evaluate only the first N windows")
     p.add_argument("--prompt", default="The Python programming language is")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("verify", help="check every stored tensor of a model directory or codec file against its checksum")
+    p.add_argument("path", help="compressed model directory, or a .safetensors file (codec, model)")
+    p.set_defaults(func=cmd_verify)
 
 
 def _add_compress_args(p: argparse.ArgumentParser, methods: list[str]) -> None:
@@ -202,6 +207,23 @@ def _evaluate(model, tokenizer, text: str, max_windows: int | None) -> dict[str,
     t0 = time.perf_counter()
     ppl, tokens = data.perplexity(model, win)
     return {"perplexity": ppl, "tokens": tokens, "windows": len(win), "seconds": time.perf_counter() - t0}
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """OK per file, or a ``ValueError`` naming the first file and tensor that does not match."""
+    from vq.codebook._integrity import verify_file
+
+    path = Path(args.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path} holds no .safetensors files")
+    for f in files:
+        n = verify_file(f)
+        _out(f"OK {f}: {n} tensors match their checksums" if n is not None
+             else f"UNCHECKED {f}: no checksums (written before vq stored them)")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

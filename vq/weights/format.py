@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vq.codebook._integrity import read_safetensors, write_safetensors
 from vq_kernels.layout import VQLayout
 from vq_kernels.reference import dequantize
 
@@ -256,29 +257,15 @@ class QuantizedWeight:
 
 # -- files -------------------------------------------------------------------------------------
 def write_tensors(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
-    """safetensors write to ``<path>.tmp`` then rename (a crash never leaves a half file at ``path``)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """safetensors write to ``<path>.tmp`` then rename (a crash never leaves a half file at ``path``),
+    with a SHA-256 per tensor in the metadata (docs/formats.md, "Checksums")."""
+    write_safetensors(path, tensors, metadata)
 
 
 def read_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Read a safetensors file; a missing, truncated or corrupted file raises a clear error."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own (Rust) error types for corrupt files
-        raise ValueError(f"{path} is corrupted or truncated (not a readable safetensors file): {e}") from e
-    return tensors, meta
+    """Read a safetensors file; a missing, truncated or corrupted file (including a tensor whose
+    checksum does not match) raises a clear error naming the file and the tensor."""
+    return read_safetensors(path)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -405,6 +392,30 @@ def is_compressed_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def _check_model_shapes(path: Path, model: nn.Module, layers: dict[str, QuantizedWeight],
+                        tensors: dict[str, Tensor]) -> None:
+    """Every quantized layer and dense parameter of ``model`` (built from config.json on the meta
+    device) has the shape of what is stored: a config.json claiming other sizes is refused before
+    the real model is allocated."""
+    for name, qw in layers.items():
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError as e:
+            raise ValueError(f"{path}: config/tensor mismatch: the model has no layer {name}") from e
+        shape = (qw.layout.out_features, qw.layout.in_features)
+        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != shape:
+            raise ValueError(f"{path}: config/tensor mismatch: config.json makes {name} {mod}, stored weight is {shape}")
+        if (name + ".bias" in tensors) != (mod.bias is not None):
+            raise ValueError(f"{path}: config/tensor mismatch: bias of {name}")
+    quantized = tuple(n + "." for n in layers)
+    for name, p in model.named_parameters():
+        if name.startswith(quantized) or name not in tensors:
+            continue  # quantized layers checked above; a missing tensor is reported after loading
+        if tuple(p.shape) != tuple(tensors[name].shape):
+            raise ValueError(f"{path}: config/tensor mismatch: config.json makes {name} {tuple(p.shape)}, "
+                             f"stored tensor is {tuple(tensors[name].shape)}")
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the transformers model of a compressed directory; quantized layers are ``VQLinear``.
 
@@ -445,22 +456,14 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     from transformers.initialization import no_init_weights
 
     hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    with torch.device("meta"):  # sizes from config.json, checked before anything is allocated
+        _check_model_shapes(path, AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32), layers, tensors)
     with no_init_weights():
         model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     model.tie_weights()
     for name, qw in layers.items():
-        try:
-            mod = model.get_submodule(name)
-        except AttributeError as e:
-            raise ValueError(f"{path}: config/tensor mismatch: the model has no layer {name}") from e
-        shape = (qw.layout.out_features, qw.layout.in_features)
-        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != shape:
-            raise ValueError(f"{path}: config/tensor mismatch: {name} is {mod}, stored weight is {shape}")
-        bias = tensors.pop(name + ".bias", None)
-        if (bias is None) != (mod.bias is None):
-            raise ValueError(f"{path}: config/tensor mismatch: bias of {name}")
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, qw.to_module(bias))
+        setattr(model.get_submodule(parent) if parent else model, child, qw.to_module(tensors.pop(name + ".bias", None)))
     state = {k: (v.float() if v.dtype.is_floating_point else v) for k, v in tensors.items()}
     want = {n for n, _ in model.named_parameters()}  # tied parameters appear once
     result = model.load_state_dict(state, strict=False, assign=True)

@@ -102,6 +102,7 @@ class VQLinear(nn.Module):
         # unpacked codes for the CPU kernels (derived, never saved); see prepare_cpu()
         self.register_buffer("_cpu_index", None, persistent=False)
         self._cpu_plan: cpu.Plan | None = None  # index + float32 codebooks, checked once (eager CPU)
+        self.register_load_state_dict_pre_hook(VQLinear._before_load)
         self.register_load_state_dict_post_hook(VQLinear._after_load)
 
     # -- metadata --------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class VQLinear(nn.Module):
         lay = VQLayout.infer(codes, codebooks, bits=bits, tile_rows=tile_rows, tile_groups=tile_groups)
         lay.check_logical_codes(codes)
         lay.check_codebooks(codebooks, scales)
+        lay.check_finite(codebooks, scales)
         if bias is not None:
             if not isinstance(bias, Tensor) or not bias.dtype.is_floating_point:
                 raise TypeError("bias must be a float tensor or None")
@@ -300,6 +302,16 @@ class VQLinear(nn.Module):
     def _apply(self, fn, recurse=True):  # .to(device) / .half(): drop the derived index
         self._cpu_index, self._cpu_plan = None, None
         return super()._apply(fn, recurse)
+
+    @staticmethod
+    def _before_load(module: "VQLinear", state: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Refuse NaN / Inf codebooks or scales before they are copied into the layer."""
+        cb, sc = state.get(prefix + "codebooks", module.codebooks), state.get(prefix + "scales", module.scales)
+        if isinstance(cb, Tensor) and isinstance(sc, Tensor):  # anything else: load_state_dict's own error
+            try:
+                module.layout.check_finite(cb, sc)
+            except ValueError as e:
+                raise ValueError(f"{prefix or 'VQLinear '}{e}") from e
 
     @staticmethod
     def _after_load(module: "VQLinear", incompatible: Any) -> None:
