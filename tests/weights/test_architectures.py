@@ -98,10 +98,7 @@ def _round_trip(res, tmp_path):
 
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3", "gpt_neox", "opt", "mixtral",
-         "qwen2_moe", "llama_w66",
-         pytest.param("gpt2", marks=pytest.mark.xfail(
-             raises=ValueError, strict=True,
-             reason="vq.format.load accepts only nn.Linear at a stored layer's name (needs hf.linear_shape)"))]
+         "qwen2_moe", "llama_w66", "gpt2"]
 
 
 @pytest.mark.parametrize("method", ["rtn", "gptvq"])

@@ -79,7 +79,7 @@ def test_truncated_model_file(compressed, tmp_path, capsys):
     shutil.copytree(compressed, bad)
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[:1000])
-    assert main(["generate", str(bad), "hi"]) == 2  # format.py's ValueError (not yet InputError)
+    assert main(["generate", str(bad), "hi"]) == 3  # a corrupted input file (InputError): vq.cli EXIT_INPUT
     assert "corrupted or truncated" in capsys.readouterr().err
 
 

@@ -76,7 +76,7 @@ def test_flipped_codes_are_detected_at_load_and_by_verify(copy, capsys):
     flip_bytes(copy / F.MODEL_FILE, key)
     with pytest.raises(ValueError, match=f"model.safetensors: checksum mismatch in tensor '{key}'"):
         F.load(copy)
-    assert main(["verify", str(copy)]) == 1
+    assert main(["verify", str(copy)]) == 3  # a corrupted input file: vq.cli EXIT_INPUT
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and key in err and "model.safetensors" in err
 

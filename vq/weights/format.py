@@ -41,6 +41,7 @@ from vq_kernels.layout import VQLayout
 from vq_kernels.reference import dequantize
 
 from vq import outputs
+from vq.weights import hf
 from vq.outputs import OutputKind
 
 __all__ = [
@@ -403,7 +404,7 @@ def _check_model_shapes(path: Path, model: nn.Module, layers: dict[str, Quantize
         except AttributeError as e:
             raise ValueError(f"{path}: config/tensor mismatch: the model has no layer {name}") from e
         shape = (qw.layout.out_features, qw.layout.in_features)
-        if not isinstance(mod, nn.Linear) or (mod.out_features, mod.in_features) != shape:
+        if not hf.is_linear(mod) or hf.linear_shape(mod) != shape:  # nn.Linear or GPT-2's Conv1D
             raise ValueError(f"{path}: config/tensor mismatch: config.json makes {name} {mod}, stored weight is {shape}")
         if (name + ".bias" in tensors) != (mod.bias is not None):
             raise ValueError(f"{path}: config/tensor mismatch: bias of {name}")
