@@ -96,13 +96,19 @@ def test_killed_and_resumed_run_equals_uninterrupted(kind, image_dir, audio_dir,
     assert [e["step"] for e in meta_b["history"]] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "header"])
+def _flip_last_bytes(raw: bytes) -> bytes:
+    """The same file with its last 8 data bytes inverted: still a readable safetensors file."""
+    return raw[:-8] + bytes(b ^ 0xFF for b in raw[-8:])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header", "flipped"])
 def test_damaged_newest_checkpoint_falls_back_to_previous(damage, image_dir, tmp_path, caplog):
     cfg = _cfg("image", image_dir, tmp_path, steps=4, checkpoint_every=2)
     train_tokenizer(cfg)
     newest = tmp_path / "ckpt-00000004.safetensors"
     raw = newest.read_bytes()
-    newest.write_bytes(raw[: len(raw) // 2] if damage == "truncated" else b"\xff" * 16 + raw[16:])
+    damaged = {"truncated": raw[: len(raw) // 2], "header": b"\xff" * 16 + raw[16:], "flipped": _flip_last_bytes(raw)}
+    newest.write_bytes(damaged[damage])
     with caplog.at_level(logging.INFO, logger="vq_tokenizers.train"):
         more = train_tokenizer(_cfg("image", image_dir, tmp_path, steps=6, checkpoint_every=2))
     assert "ckpt-00000004.safetensors is damaged" in caplog.text

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from vq.codebook._integrity import read_safetensors, write_safetensors
 from vq.codebook.checks import require_choice, require_number
 from vq.codebook.metrics import used_fraction
 from vq.outputs import OutputKind, check_out_dir, mark_output
@@ -115,8 +116,6 @@ def _jsonable(obj: Any) -> Any:
 # ``layer.<module name>.<key>`` (each quantizer's ``resume_state()``: state outside the state dict).
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, meta: dict,
                      resume: dict[str, Tensor]) -> None:  # fmt: skip
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     osd = opt.state_dict()
     for pid, st in osd["state"].items():
@@ -124,23 +123,19 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, m
             tensors[f"optim.{pid}.{name}"] = torch.as_tensor(v).detach().contiguous().cpu()
     tensors.update({k: v.contiguous().cpu() for k, v in resume.items()})
     meta = dict(meta, param_groups=osd["param_groups"])
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(_jsonable(meta))})
-    tmp.replace(path)
+    # per-tensor checksums, written to a temp file and renamed (vq.codebook._integrity)
+    write_safetensors(path, tensors, {"meta": json.dumps(_jsonable(meta))})
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
     """(JSON metadata, every tensor) of a checkpoint; ``ValueError`` naming the file when it is
-    damaged (truncated, unreadable header, missing metadata)."""
-    from safetensors import SafetensorError, safe_open
-
+    damaged (truncated, unreadable header, a checksum mismatch, missing metadata)."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["meta"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, metadata = read_safetensors(path)  # checksums verified where the file has them
+        meta = json.loads(metadata["meta"])
         if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or "history" not in meta:
             raise ValueError("metadata lacks 'step' or 'history'")
-    except (SafetensorError, OSError, KeyError, ValueError) as e:  # json errors are ValueErrors
+    except (OSError, KeyError, ValueError) as e:  # json and checksum errors are ValueErrors
         if isinstance(e, FileNotFoundError):
             raise
         raise ValueError(f"{path}: damaged checkpoint: {type(e).__name__}: {e}") from e
