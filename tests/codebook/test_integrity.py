@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import subprocess
 import sys
 import textwrap
@@ -17,23 +16,6 @@ from safetensors.torch import save_file
 
 from vq.codebook import KMeans, SimVQCodebook, load_codec, save_codec
 from vq.codebook._integrity import CHECKSUM_KEY, verify_file
-
-
-def flip_bytes(path, tensor: str, n: int = 4) -> None:
-    """Overwrite the first ``n`` data bytes of ``tensor`` in a safetensors file (header untouched)."""
-    raw = bytearray(path.read_bytes())
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    begin = 8 + hlen + json.loads(raw[8 : 8 + hlen])[tensor]["data_offsets"][0]
-    raw[begin : begin + n] = bytes(b ^ 0xFF for b in raw[begin : begin + n])
-    path.write_bytes(bytes(raw))
-
-
-def strip_checksums(path) -> None:
-    """Rewrite a file as vq wrote it before checksums existed (same tensors and metadata, no sums)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: v for k, v in (f.metadata() or {}).items() if k != CHECKSUM_KEY}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, str(path), metadata=meta)
 
 
 def peak_rss_growth_mb(script: str) -> tuple[int, str]:
@@ -69,7 +51,7 @@ def test_codec_file_stores_a_checksum_per_tensor(kmeans_file):
     assert verify_file(kmeans_file) == len(sums)
 
 
-def test_flipped_codec_payload_is_refused(kmeans_file):
+def test_flipped_codec_payload_is_refused(kmeans_file, flip_bytes):
     with safe_open(str(kmeans_file), framework="pt") as f:
         name = next(iter(f.keys()))
     flip_bytes(kmeans_file, name)
@@ -79,7 +61,7 @@ def test_flipped_codec_payload_is_refused(kmeans_file):
         verify_file(kmeans_file)
 
 
-def test_vq_verify_on_a_codec_file(kmeans_file, capsys):
+def test_vq_verify_on_a_codec_file(kmeans_file, capsys, flip_bytes):
     from vq.cli import main
 
     assert main(["verify", str(kmeans_file)]) == 0
@@ -89,7 +71,7 @@ def test_vq_verify_on_a_codec_file(kmeans_file, capsys):
     assert "checksum mismatch in tensor 'centroids'" in capsys.readouterr().err
 
 
-def test_codec_file_without_checksums_still_loads(kmeans_file, caplog):
+def test_codec_file_without_checksums_still_loads(kmeans_file, caplog, strip_checksums):
     want = load_codec(kmeans_file).centroids
     strip_checksums(kmeans_file)
     with caplog.at_level(logging.DEBUG, logger="vq.codebook._integrity"):

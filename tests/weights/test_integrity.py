@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import struct
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,6 @@ import textwrap
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from vq.cli import main
 from vq.codebook._integrity import CHECKSUM_KEY
@@ -24,23 +22,6 @@ from vq.weights.pipeline import CompressConfig, compress, method_config
 
 from .conftest import tiny_llama
 
-
-
-def flip_bytes(path, tensor: str, n: int = 4) -> None:
-    """Invert the first ``n`` data bytes of ``tensor`` in a safetensors file (header untouched)."""
-    raw = bytearray(path.read_bytes())
-    (hlen,) = struct.unpack("<Q", raw[:8])
-    begin = 8 + hlen + json.loads(raw[8 : 8 + hlen])[tensor]["data_offsets"][0]
-    raw[begin : begin + n] = bytes(b ^ 0xFF for b in raw[begin : begin + n])
-    path.write_bytes(bytes(raw))
-
-
-def strip_checksums(path) -> None:
-    """Rewrite a file as vq wrote it before checksums existed (same tensors and metadata, no sums)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = {k: v for k, v in (f.metadata() or {}).items() if k != CHECKSUM_KEY}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, str(path), metadata=meta)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +52,7 @@ def test_every_stored_tensor_has_a_checksum(saved):
         assert set(json.loads(f.metadata()[CHECKSUM_KEY])) == set(f.keys())
 
 
-def test_flipped_codes_are_detected_at_load_and_by_verify(copy, capsys):
+def test_flipped_codes_are_detected_at_load_and_by_verify(copy, capsys, flip_bytes):
     key = _codes_key(copy)
     flip_bytes(copy / F.MODEL_FILE, key)
     with pytest.raises(ValueError, match=f"model.safetensors: checksum mismatch in tensor '{key}'"):
@@ -86,7 +67,7 @@ def test_verify_passes_a_good_directory(saved, capsys):
     assert capsys.readouterr().out.startswith(f"OK {saved / F.MODEL_FILE}")
 
 
-def test_directory_without_checksums_still_loads(saved, copy, caplog, capsys):
+def test_directory_without_checksums_still_loads(saved, copy, caplog, capsys, strip_checksums):
     strip_checksums(copy / F.MODEL_FILE)
     with caplog.at_level(logging.DEBUG, logger="vq.codebook._integrity"):
         old = F.load(copy)
