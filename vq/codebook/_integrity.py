@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,8 +57,8 @@ def _unreadable(path: Path, e: Exception) -> InputError:
     return InputError(f"{path} is corrupted or truncated (not a readable safetensors file): {e}")
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
-    """``({name: (shape, safetensors dtype string)}, metadata)`` from the header only (no data read)."""
+def _read(path: str | os.PathLike, entry) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({name: entry(f, name)}, metadata)`` of a safetensors file ``f``; errors name the file."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -65,14 +66,19 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...
         raise FileNotFoundError(f"{path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            shapes = {}
-            for k in f.keys():
-                s = f.get_slice(k)
-                shapes[k] = (tuple(s.get_shape()), s.get_dtype())
+            return {k: entry(f, k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own (Rust) error types for corrupt files
         raise _unreadable(path, e) from e
-    return shapes, meta
+
+
+def _slice_spec(f, name: str) -> tuple[tuple[int, ...], str]:
+    s = f.get_slice(name)
+    return tuple(s.get_shape()), s.get_dtype()
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    """``({name: (shape, safetensors dtype string)}, metadata)`` from the header only (no data read)."""
+    return _read(path, _slice_spec)
 
 
 def _checksums(path: Path, meta: dict[str, str]) -> dict[str, str] | None:
@@ -103,17 +109,8 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file (and the
     tensor) for an unreadable file or a checksum mismatch.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own (Rust) error types for corrupt files
-        raise _unreadable(path, e) from e
+    tensors, meta = _read(path, lambda f, name: f.get_tensor(name))
     sums = _checksums(path, meta)
     if sums is not None:
         for name, t in tensors.items():
