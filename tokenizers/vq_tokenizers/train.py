@@ -21,6 +21,7 @@ codebooks identical themselves (see :mod:`vq_tokenizers.layers`). Each rank draw
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -414,5 +415,7 @@ def train_tokenizer(cfg: TrainConfig) -> dict[str, Any]:
     if world > 1:
         dist.barrier()
     if created_group:  # a process leaving with gloo's threads alive aborted ("terminate called ...") under load
+        del net  # DDP's reducer holds the process group: free both here, not at interpreter exit
+        gc.collect()
         dist.destroy_process_group()
     return report
