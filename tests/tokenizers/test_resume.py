@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 import vq_tokenizers.train as train_mod
-from vq_tokenizers.data import builtin_images, write_wav
+from vq_tokenizers.data import write_wav
 from vq_tokenizers.train import TrainConfig, train_tokenizer
 
 # a small codebook, re-seeding every step and a 2-batch k-means init: every piece of layer state
@@ -23,14 +22,6 @@ from vq_tokenizers.train import TrainConfig, train_tokenizer
 TINY_IMAGE = {"hidden": 8, "dim": 8, "res_blocks": 0,
               "quantizer": {"kind": "vq", "codebook_size": 32, "options": {"init_max_batches": 2, "reseed_every": 1}}}
 TINY_AUDIO = {"channels": 4, "dim": 8, "stft_sizes": [256, 512], "quantizer": {"codebook_size": 16, "stages": 3}}  # dropout: global RNG
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("imgs")
-    for name, im in builtin_images(("camera", "coffee", "chelsea")).items():
-        Image.fromarray((im[:96, :96] * 255).astype(np.uint8)).save(d / f"{name}.png")
-    return d
 
 
 @pytest.fixture(scope="module")

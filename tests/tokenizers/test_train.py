@@ -10,24 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vq.cli import main as vq_main
 from vq_tokenizers.audio import AudioCodecConfig
-from vq_tokenizers.data import builtin_images, write_wav
+from vq_tokenizers.data import write_wav
 from vq_tokenizers.image import ImageTokenizerConfig
 from vq_tokenizers.train import TrainConfig, build_model, load_checkpoint, train_tokenizer
 
 TINY_IMAGE = {"hidden": 8, "dim": 8, "res_blocks": 0, "quantizer": {"kind": "vq", "codebook_size": 32}}
 TINY_AUDIO = {"channels": 4, "dim": 8, "stft_sizes": [256, 512], "quantizer": {"codebook_size": 16, "stages": 3}}
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("imgs")
-    for name, im in builtin_images(("camera", "coffee", "chelsea")).items():
-        Image.fromarray((im[:96, :96] * 255).astype(np.uint8)).save(d / f"{name}.png")
-    return d
 
 
 @pytest.fixture(scope="module")
