@@ -73,3 +73,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny Llama compressed with gptq 3-bit g32 and saved (one per test module: tests copy it
+    before damaging it)."""
+    from vq.weights import format as F
+    from vq.weights.pipeline import CompressConfig, compress, method_config
+
+    torch.manual_seed(0)
+    calib = torch.randint(0, 256, (4, 64))
+    res = compress(tiny_llama(), CompressConfig(solver=method_config("gptq", 3, group_size=32)), calib,
+                   progress=False)
+    return F.save(tmp_path_factory.mktemp("saved") / "m", res.model, res.layers, res.config.to_dict())

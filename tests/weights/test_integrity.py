@@ -18,19 +18,6 @@ from vq.cli import main
 from vq.codebook._integrity import CHECKSUM_KEY
 from vq.weights import format as F
 from vq.weights.nn import VQLinear
-from vq.weights.pipeline import CompressConfig, compress, method_config
-
-from .conftest import tiny_llama
-
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    torch.manual_seed(0)
-    calib = torch.randint(0, 256, (4, 64))
-    res = compress(tiny_llama(), CompressConfig(solver=method_config("gptq", 3, group_size=32)), calib,
-                   progress=False)
-    return F.save(tmp_path_factory.mktemp("saved") / "m", res.model, res.layers, res.config.to_dict())
 
 
 @pytest.fixture
